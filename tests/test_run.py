@@ -1,0 +1,112 @@
+"""The Hydra application: config composition (in-process) and jobs (in-process and subprocess)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, TINY
+from xilsweep.run import ConfigError, build, prepare, run_job
+from xilsweep.tracking import EPOCH_TAGS
+
+CONF = REPO / "conf"
+GROUP_OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+                 for group in ("data", "model", "loss", "sampler", "trainer")}
+
+
+def make_cfg(overrides, data_root, tmp_path):
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose("config", overrides=[f"data.root={data_root}", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # as in a real job: the hydra node is only reachable via HydraConfig
+    return cfg
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
+def test_every_group_option_composes_and_instantiates(group, option, data_root, tmp_path):
+    cfg = make_cfg([f"{group}={option}"], data_root, tmp_path)
+    kwargs = {"n_confounded": 10} if group == "sampler" else {}
+    obj = build(cfg, group, **kwargs)
+    assert type(obj).__module__.startswith("xilsweep.")
+
+
+def tags(run_dir: Path) -> EventAccumulator:
+    ea = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    ea.Reload()
+    return ea
+
+
+def test_job_writes_tensorboard_tags_hparams_and_metrics_in_its_own_folder(data_root, tmp_path):
+    cfg = make_cfg(TINY, data_root, tmp_path)
+    out = tmp_path / "job"
+    out.mkdir()
+    objective = run_job(cfg, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "done" and objective == metrics["best_val_accuracy"]
+    assert 0.5 <= metrics["test_accuracy"] <= 1 and metrics["epochs_run"] >= 1
+    assert metrics["settings"]["lambda"] == 1.0 and metrics["settings"]["pool_size"] == 10
+    assert metrics["confounded"]["train_accuracy"] > 0.9
+    # events sit in the job folder itself: no timestamped sub-run from add_hparams
+    assert [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")] == []
+    ea = tags(out)
+    scalar_tags = set(ea.Tags()["scalars"])
+    for tag in EPOCH_TAGS.values():
+        assert tag in scalar_tags, tag
+    assert len(ea.Scalars("Loss/train_epoch")) == metrics["epochs_run"]
+    assert len(ea.Scalars("Accuracy/val_epoch")) == metrics["epochs_run"] + 1  # epoch 0 = start
+    assert {"Images/confounded_samples", "Images/corrected_original",
+            "Images/corrected_samples"} <= set(ea.Tags()["images"])
+    hparams = ea.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    assert b"pool_size" in hparams["_hparams_/session_start_info"]
+    assert "Final/test_accuracy" in scalar_tags
+    assert (out / "model.pth").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss.lam=-1", "loss.lam=-1 is not allowed: a number >= 0"),
+    ("sampler.k=64", "sampler.k=64 is not allowed: an integer in [0, batch_size=64)"),
+    ("sampler.k=-1", "sampler.k=-1"),
+    ("sampler.pool_size=100000", "sampler.pool_size=100000 is not allowed: an integer from 0 to"),
+    ("trainer.lr=0", "trainer.lr=0 is not allowed: a number > 0"),
+    ("trainer.lr=-0.1", "trainer.lr=-0.1"),
+    ("trainer.optimizer=lbfgs", "trainer.optimizer='lbfgs' is not allowed: one of adam, sgd"),
+    ("data.root=/nonexistent", "data.root='/nonexistent' is not allowed: an existing directory"),
+    ("data.confounder.positions=center", "data.confounder.positions"),
+    ("model.pool=[true]", "model.pool"),
+])
+def test_bad_settings_stop_before_any_work_with_one_clear_line(override, message, data_root, tmp_path):
+    cfg = make_cfg([*TINY, override], data_root, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_single_bad_run_exits_nonzero_with_the_message_and_writes_no_results(xilsweep_cli, data_root, tmp_path):
+    out = tmp_path / "bad"
+    result = xilsweep_cli([*TINY, f"data.root={data_root}", "loss.lam=-1", f"hydra.run.dir={out}"], tmp_path)
+    assert result.returncode == 2
+    assert "loss.lam=-1 is not allowed: a number >= 0" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (out / "metrics.json").exists()
+    assert not list(out.glob("events.out.tfevents.*"))
+
+
+def test_multirun_gives_one_folder_per_job_each_with_its_own_run(xilsweep_cli, data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = xilsweep_cli(["-m", *TINY, f"data.root={data_root}", "loss.lam=0.5,2",
+                           f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0_lr0.001_lossbalanced_lambda0.5_pool10_seed0",
+                                      "1_lr0.001_lossbalanced_lambda2_pool10_seed0"]
+    for job, lam in zip(jobs, (0.5, 2.0)):
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["status"] == "done" and metrics["settings"]["lambda"] == lam
+        assert len(list(job.glob("events.out.tfevents.*"))) == 1

@@ -1,0 +1,66 @@
+"""The confounded model: trained once per (data, model, pretraining) setting
+and cached as ``model_confounded.pth`` beside the data it was trained on."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from xilsweep.data import XILData
+from xilsweep.errors import DataError, require
+from xilsweep.files import atomic_torch_save, build_lock, checked_torch_load, digest
+from xilsweep.training import Trainer, train_confounded
+
+log = logging.getLogger(__name__)
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first_line = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise DataError(f"{path} was saved from a different model ({first_line})") from e
+
+
+def confounded_model(data: XILData, build_model: Callable[[], torch.nn.Module], model_settings: dict,
+                     trainer: Trainer, epochs: int, lr: float, batch_size: int, seed: int):
+    """The trained confounded model and its record (accuracies, settings).
+
+    Built on first use; later jobs with the same settings load it. A damaged
+    or stale file is rebuilt.
+    """
+    require(isinstance(epochs, int) and epochs >= 1, "epochs", epochs, "an integer >= 1")
+    require(lr > 0, "lr", lr, "a number > 0")
+    require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
+    settings = {"data": data.key, "model": model_settings, "epochs": epochs, "lr": lr,
+                "batch_size": batch_size, "seed": seed, "optimizer": trainer.optimizer_name}
+    key = digest(json.dumps(settings, sort_keys=True))[:10]
+    path = data.directory / "models" / key / "model_confounded.pth"
+    model = build_model()
+    with build_lock(path):
+        payload = checked_torch_load(path, expect_meta=settings)
+        if payload is None:
+            log.info("training the confounded model (%d epochs) -> %s", epochs, path)
+            torch.manual_seed(seed)
+            model = build_model()
+
+            def progress(epoch, m):
+                log.info("confounded model epoch %d/%d: loss %.4f, train accuracy %.2f%% (%.1f s)",
+                         epoch, epochs, m["loss"], 100 * m["accuracy"], m["seconds"])
+
+            history = train_confounded(model, data.train, trainer, epochs, lr, batch_size, seed, progress)
+            record = {"settings": settings, "history": history,
+                      **{f"{name}_accuracy": trainer.evaluate(model, split)["accuracy"]
+                         for name, split in (("train", data.train), ("val", data.val), ("test", data.test),
+                                             ("test_dotted", data.test_dotted))}}
+            payload = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                       "record": json.dumps(record)}
+            atomic_torch_save(payload, path, meta=settings)
+    load_weights(model, payload["state_dict"], path)
+    record = json.loads(payload["record"])
+    record["path"] = str(path)
+    return model.to(trainer.device), record

@@ -1,0 +1,297 @@
+"""Confounded 0-vs-8 MNIST ("08MNIST"): loading, dot confounder, cached splits.
+
+Images live in memory as float tensors in [0, 1] with shape [N, 1, 28, 28];
+targets are one-hot [N, 2] (class 0 = digit 0, class 1 = digit 8), as the
+experiment guide's code expects; ``Split.labels`` gives the class indices.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from xilsweep.errors import DataError, SettingError, require, require_choice
+from xilsweep.files import atomic_torch_save, atomic_write_json, build_lock, checked_torch_load
+
+DIGITS = (0, 8)  # class index i is digit DIGITS[i]
+CONFOUNDED_CLASS = 1  # the 8s carry the dots
+MNIST_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SOURCES = ("bundled", "full")
+POSITION_RULES = ("random", "corners")
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Split:
+    """Images, one-hot targets and dot masks of one data split."""
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.targets.argmax(dim=-1)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.x[index], self.targets[index], self.mask[index])
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.targets.to(device), self.mask.to(device))
+
+    def to_file(self) -> dict:
+        """Compact on-disk form: uint8 pixels, bool masks, class indices."""
+        return {
+            "x": (self.x * 255).round().to(torch.uint8),
+            "labels": self.labels.to(torch.uint8),
+            "mask": self.mask,
+        }
+
+    @classmethod
+    def from_file(cls, d: dict) -> "Split":
+        labels = d["labels"].long()
+        return cls(
+            d["x"].float() / 255,
+            F.one_hot(labels, len(DIGITS)).float(),
+            d["mask"],
+        )
+
+
+@dataclass
+class XILData:
+    """Everything a correction job needs; ``key`` names the generation settings."""
+
+    train: Split
+    val: Split
+    test: Split
+    test_dotted: Split
+    key: str
+    directory: Path
+
+    @property
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for split in (self.train, self.val, self.test, self.test_dotted):
+            for tensor in (split.x, split.targets, split.mask):
+                h.update(tensor.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class Confounder:
+    """Square bright dots on background pixels; the mask marks exactly them."""
+
+    n_dots: int = 4
+    dot_size: int = 2
+    positions: str = "random"
+    intensity: float = 1.0
+    fraction_eights: float = 1.0
+    fraction_zeros: float = 0.0
+
+    def __post_init__(self):
+        require(isinstance(self.n_dots, int) and self.n_dots >= 1, "n_dots", self.n_dots, "an integer >= 1")
+        require(isinstance(self.dot_size, int) and 1 <= self.dot_size <= 4, "dot_size", self.dot_size, "an integer from 1 to 4")
+        require_choice("positions", self.positions, POSITION_RULES)
+        require(self.positions != "corners" or self.n_dots <= 4, "n_dots", self.n_dots,
+                "at most 4 with positions=corners (one dot per corner)")
+        require(0 < self.intensity <= 1, "intensity", self.intensity, "a number in (0, 1]")
+        for name in ("fraction_eights", "fraction_zeros"):
+            value = getattr(self, name)
+            require(0 <= value <= 1, name, value, "a number in [0, 1]")
+
+    def dot_masks(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Masks [N, 1, H, W] of n_dots dots per image, on background only."""
+        n, _, h, w = x.shape
+        s = self.dot_size
+        cols = w - s + 1  # top-left positions per row
+        if self.positions == "corners":
+            near, far_row, far_col = 1, h - 1 - s, w - 1 - s
+            corners = torch.tensor([near * cols + near, near * cols + far_col,
+                                    far_row * cols + near, far_row * cols + far_col])
+            flat, free = corners[: self.n_dots].expand(n, -1), None
+        else:
+            # A dot may go where the dot and a 1-pixel margin around it are background.
+            ink = F.max_pool2d((x > 0).float(), kernel_size=s + 2, stride=1, padding=1)
+            free = ink[:, 0, : h - s + 1, :cols] == 0
+            scores = torch.rand(free.shape, generator=generator).masked_fill(~free, -1.0)
+            flat = scores.flatten(1).topk(self.n_dots, dim=1).indices
+        top_left = torch.zeros(n, (h - s + 1) * cols)
+        top_left.scatter_(1, flat, 1.0)
+        if free is not None:
+            top_left = top_left * free.flatten(1)
+        top_left = top_left.view(n, 1, h - s + 1, cols)
+        # Spread each top-left marker over an s x s square.
+        square = F.conv_transpose2d(top_left, torch.ones(1, 1, s, s))
+        return square > 0
+
+    def apply(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, dot_all: bool = False):
+        """Dot a share of the 8s (and optionally 0s); returns (images, masks)."""
+        if dot_all:
+            chosen = torch.ones(len(x), dtype=torch.bool)
+        else:
+            share = torch.where(labels == CONFOUNDED_CLASS, self.fraction_eights, self.fraction_zeros)
+            chosen = torch.rand(len(x), generator=generator) < share
+        masks = self.dot_masks(x, generator) & chosen.view(-1, 1, 1, 1)
+        return torch.where(masks, torch.tensor(self.intensity), x), masks
+
+
+def _extract(raw_dir: Path, name: str) -> Path:
+    """torchvision reads the extracted IDX files; make them from the .gz once."""
+    target = raw_dir / name
+    if not target.exists():
+        archive = raw_dir / f"{name}.gz"
+        if not archive.exists():
+            raise DataError(f"missing MNIST file {archive}; data.root must hold MNIST/raw/*.gz")
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        try:
+            with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as e:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"corrupt MNIST file {archive}: {e}") from e
+        os.replace(tmp, target)
+    return target
+
+
+def load_mnist(root: Path, train: bool, download: bool = False):
+    """Raw MNIST as (uint8 images [N, 28, 28], int64 labels [N])."""
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw_dir = Path(root) / "MNIST" / "raw"
+    if download:
+        try:
+            MNIST(str(root), train=train, download=True)
+        except Exception as e:  # torchvision raises RuntimeError/URLError/OSError
+            raise DataError(
+                f"could not download MNIST into {raw_dir} ({type(e).__name__}: {e}); "
+                "without internet use data=mnist08 (the bundled subset)"
+            ) from e
+    image_file, label_file = (_extract(raw_dir, name) for name in MNIST_FILES[train])
+    try:
+        images, labels = read_image_file(str(image_file)), read_label_file(str(label_file))
+    except Exception as e:
+        raise DataError(f"corrupt MNIST file in {raw_dir}: {e}; delete the extracted files to re-extract") from e
+    if len(images) != len(labels):
+        raise DataError(f"MNIST files in {raw_dir} disagree: {len(images)} images, {len(labels)} labels")
+    return images, labels
+
+
+def _digits_0_and_8(images: torch.Tensor, labels: torch.Tensor):
+    keep = (labels == DIGITS[0]) | (labels == DIGITS[1])
+    x = images[keep].float().div(255).unsqueeze(1)
+    return x, (labels[keep] == DIGITS[1]).long()
+
+
+@dataclass
+class ConfoundedMNIST08:
+    """Settings of the 08MNIST data; ``load()`` builds or reads the cached splits.
+
+    The confounded training split and the clean/dotted test splits are saved
+    under ``root/08MNIST/<key>/`` where the key hashes every generation
+    setting, so a changed setting makes new files instead of reusing stale ones.
+    ``n_train`` takes a seeded subset of the training split at load time.
+    """
+
+    root: str = "data"
+    source: str = "bundled"
+    val_fraction: float = 0.1
+    val_confounded: bool = False
+    n_train: int | None = None
+    seed: int = 0
+    confounder: Confounder = field(default_factory=Confounder)
+
+    def __post_init__(self):
+        if isinstance(self.confounder, dict):
+            try:
+                self.confounder = Confounder(**self.confounder)
+            except SettingError as e:
+                raise e.in_group("confounder") from None
+        require_choice("source", self.source, SOURCES)
+        require(0 < self.val_fraction < 1, "val_fraction", self.val_fraction, "a number in (0, 1)")
+        require(self.n_train is None or (isinstance(self.n_train, int) and self.n_train >= 1),
+                "n_train", self.n_train, "null (all) or an integer >= 1")
+        if not Path(self.root).is_dir():
+            raise SettingError("root", self.root, "an existing directory holding MNIST/raw/")
+
+    @property
+    def mnist_root(self) -> Path:
+        # The full set gets its own folder so it never shadows the bundled subset.
+        return Path(self.root) / ("full" if self.source == "full" else "")
+
+    def generation_settings(self) -> dict:
+        s = asdict(self)
+        del s["root"], s["n_train"]
+        return {"format": CACHE_FORMAT, **s}
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.generation_settings(), sort_keys=True).encode()
+        return f"{self.source}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.root) / "08MNIST" / self.key
+
+    def load(self) -> XILData:
+        train_file = self.directory / "confounded_v1" / "train.pth"
+        test_file = self.directory / "original" / "test.pth"
+        settings = self.generation_settings()
+        with build_lock(self.directory / "build"):
+            train_payload = checked_torch_load(train_file, expect_meta=settings)
+            test_payload = checked_torch_load(test_file, expect_meta=settings)
+            if train_payload is None or test_payload is None:
+                train_payload, test_payload = self._generate()
+                atomic_torch_save(train_payload, train_file, meta=settings)
+                atomic_torch_save(test_payload, test_file, meta=settings)
+                atomic_write_json(settings, self.directory / "settings.json")
+        train = Split.from_file(train_payload["train"])
+        if self.n_train is not None:
+            require(self.n_train <= len(train), "n_train", self.n_train,
+                    f"at most {len(train)}, the size of the training split")
+            g = torch.Generator().manual_seed(self.seed + 1)
+            train = train.subset(torch.randperm(len(train), generator=g)[: self.n_train].sort().values)
+        return XILData(
+            train=train,
+            val=Split.from_file(train_payload["val"]),
+            test=Split.from_file(test_payload["test"]),
+            test_dotted=Split.from_file(test_payload["test_dotted"]),
+            key=self.key,
+            directory=self.directory,
+        )
+
+    def _generate(self):
+        download = self.source == "full"
+        g = torch.Generator().manual_seed(self.seed)
+        x, y = _digits_0_and_8(*load_mnist(self.mnist_root, train=True, download=download))
+        order = torch.randperm(len(x), generator=g)
+        n_val = round(self.val_fraction * len(x))
+        val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+
+        def confounded(x_part, y_part, dotted: bool, dot_all: bool = False):
+            if dotted:
+                xd, m = self.confounder.apply(x_part, y_part, g, dot_all=dot_all)
+            else:
+                xd, m = x_part, torch.zeros_like(x_part, dtype=torch.bool)
+            return Split(xd, F.one_hot(y_part, len(DIGITS)).float(), m).to_file()
+
+        train = confounded(x[train_idx], y[train_idx], True)
+        val = confounded(x[val_idx], y[val_idx], self.val_confounded)
+        xt, yt = _digits_0_and_8(*load_mnist(self.mnist_root, train=False, download=download))
+        test = confounded(xt, yt, False)
+        test_dotted = confounded(xt, yt, True, dot_all=True)
+        return {"train": train, "val": val}, {"test": test, "test_dotted": test_dotted}

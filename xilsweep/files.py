@@ -1,0 +1,119 @@
+"""Atomic writes and checked reads, so no reader ever sees half a file.
+
+Every cached ``.pth`` holds ``{"meta", "payload", "digest"}``: ``meta`` names
+the settings that produced it, ``digest`` is a SHA-256 over the payload's
+tensors and values, so truncation (load fails) and bit rot (digest differs)
+are both caught. The file stays a plain ``torch.load``-able dict.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from xilsweep.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _feed(h, item)
+    else:
+        h.update(repr(obj).encode())
+
+
+def digest(obj) -> str:
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(obj, path: Path) -> None:
+    atomic_write_bytes((json.dumps(obj, indent=2, default=str) + "\n").encode(), path)
+
+
+def atomic_torch_save(payload, path: Path, meta=None) -> None:
+    buffer = io.BytesIO()
+    torch.save({"meta": meta, "payload": payload, "digest": digest(payload)}, buffer)
+    atomic_write_bytes(buffer.getvalue(), path)
+
+
+def read_checked(path: Path):
+    """(meta, payload) of a file written by ``atomic_torch_save``; DataError if damaged."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{path} is unreadable (truncated or corrupt): {type(e).__name__}: {e}") from e
+    if not isinstance(blob, dict) or set(blob) != {"meta", "payload", "digest"}:
+        raise DataError(f"{path} is not a xilsweep file (expected meta, payload and digest)")
+    if digest(blob["payload"]) != blob["digest"]:
+        raise DataError(f"{path} is corrupt: its content does not match its checksum")
+    return blob["meta"], blob["payload"]
+
+
+def checked_torch_load(path: Path, expect_meta):
+    """Payload of a cache file, or None when it is missing, stale or damaged.
+
+    A damaged cache file is reported and rebuilt rather than used.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        meta, payload = read_checked(path)
+    except DataError as e:
+        log.warning("%s; rebuilding it", e)
+        return None
+    if meta != expect_meta:
+        log.warning("%s was made with other settings; rebuilding it", path)
+        return None
+    return payload
+
+
+@contextmanager
+def build_lock(path: Path):
+    """Hold an exclusive lock beside ``path`` while building it, so parallel
+    jobs wanting the same cached file build it once and the others wait."""
+    lock_file = Path(path).with_name(Path(path).name + ".lock")
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

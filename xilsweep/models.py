@@ -1,0 +1,77 @@
+"""Small image classifiers. Inputs are pixels in [0, 1]; each model
+normalises them itself, so masks, corrections and saliency stay in pixel space."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xilsweep.errors import require
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class Normalize(nn.Module):
+    def forward(self, x):
+        return (x - MNIST_MEAN) / MNIST_STD
+
+
+class ConvNet(nn.Module):
+    """conv(+ReLU, optional 2x2 max-pool) blocks, then a ReLU MLP head.
+
+    ``channels=[32, 64], pool=[False, True], hidden=[128]`` is the
+    pytorch/examples MNIST network; ``[6, 16]`` with 5x5 kernels and pooling
+    after each is LeNet-5 sized.
+    """
+
+    def __init__(self, channels=(32, 64), kernel_size=3, pool=(False, True), hidden=(128,),
+                 num_classes=2, dropout=0.0, in_shape=(1, 28, 28)):
+        super().__init__()
+        channels, pool, hidden = list(channels), list(pool), list(hidden)
+        require(len(channels) >= 1 and all(c >= 1 for c in channels), "channels", channels,
+                "a non-empty list of positive integers")
+        require(len(pool) == len(channels), "pool", pool, f"one true/false per conv layer ({len(channels)})")
+        require(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
+        layers: list[nn.Module] = [Normalize()]
+        in_ch = in_shape[0]
+        for out_ch, pooled in zip(channels, pool):
+            layers += [nn.Conv2d(in_ch, out_ch, kernel_size), nn.ReLU()]
+            if pooled:
+                layers.append(nn.MaxPool2d(2))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            n_flat = self.features(torch.zeros(1, *in_shape)).numel()
+        head: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            head += [nn.Linear(n_flat, width), nn.ReLU(), nn.Dropout(dropout)]
+            n_flat = width
+        head.append(nn.Linear(n_flat, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    @property
+    def last_conv(self) -> nn.Conv2d:
+        """The layer GradCAM explains."""
+        return [m for m in self.features if isinstance(m, nn.Conv2d)][-1]
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network (Ross et al. 2017 use 50-30 for Decoy-MNIST)."""
+
+    def __init__(self, hidden=(50, 30), num_classes=2, in_shape=(1, 28, 28)):
+        super().__init__()
+        layers: list[nn.Module] = [Normalize(), nn.Flatten()]
+        width = in_shape[0] * in_shape[1] * in_shape[2]
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    last_conv = None  # no convolution: GradCAM does not apply, input gradients do
+
+    def forward(self, x):
+        return self.net(x)

@@ -1,0 +1,187 @@
+"""Training loop on in-memory tensors: train_one_epoch, evaluate,
+fit_until_early_stopping, and the Trainer that holds their settings."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from xilsweep.data import Split
+from xilsweep.errors import NonFiniteLossError, require, require_choice
+from xilsweep.losses import BaselineImbalancedLoss, XILLoss, as_labels
+from xilsweep.sampling import MixedBatchSampler, create_is_user_corrected_mask
+
+OPTIMIZERS = ("adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def concat(a: Split, b: Split) -> Split:
+    return Split(torch.cat([a.x, b.x]), torch.cat([a.targets, b.targets]), torch.cat([a.mask, b.mask]))
+
+
+def train_one_epoch(model, data: Split, batches, k: int, loss_fn: XILLoss, optimizer,
+                    grad_clip: float | None = None) -> dict:
+    """One pass over ``batches`` (index tensors into ``data``, the last ``k`` of
+    each batch corrected). Returns epoch means; raises on a non-finite loss."""
+    model.train()
+    device = data.x.device
+    sums = torch.zeros(4, device=device)  # total, confounded, corrected, correct predictions
+    n_seen = 0
+    for index in batches:
+        index = index.to(device, non_blocking=True)
+        x, targets, mask = data.x[index], data.targets[index], data.mask[index]
+        is_corrected = create_is_user_corrected_mask(len(index), k, device)
+        logits, (total, confounded, corrected) = loss_fn.batch_loss(model, x, targets, is_corrected, mask)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        hits = (logits.detach().argmax(dim=1) == as_labels(targets)).sum()
+        sums += torch.stack([total.detach(), confounded.detach(), corrected.detach(), hits.float()])
+        n_seen += len(index)
+    total, confounded, corrected, hits = sums.tolist()  # one device sync per epoch
+    n_batches = max(len(batches), 1)
+    if not math.isfinite(total):
+        raise NonFiniteLossError(
+            f"training loss became {total}: lower trainer.lr or set trainer.grad_clip (e.g. 1.0)")
+    return {"loss": total / n_batches, "loss_confounded": confounded / n_batches,
+            "loss_corrected": corrected / n_batches, "accuracy": hits / max(n_seen, 1)}
+
+
+@torch.no_grad()
+def predict_logits(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(chunk) for chunk in x.split(batch_size)])
+
+
+def evaluate(model, split: Split, batch_size: int = 1000) -> dict:
+    """Mean cross-entropy and accuracy of ``model`` on ``split``."""
+    logits = predict_logits(model, split.x, batch_size)
+    labels = split.labels
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    return {"loss": loss, "accuracy": (logits.argmax(dim=1) == labels).float().mean().item()}
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_accuracy: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampler: MixedBatchSampler,
+                             loss_fn: XILLoss, optimizer, max_epochs: int, patience: int,
+                             grad_clip: float | None = None, eval_batch_size: int = 1000,
+                             on_epoch: Callable[[int, dict], None] | None = None) -> FitResult:
+    """Train until validation accuracy has not improved for ``patience`` epochs
+    (ties broken by lower validation loss), then restore the best weights.
+
+    Epoch 0 is the starting model, so a fine-tuning that never beats it on
+    validation returns it unchanged. ``on_epoch(epoch, metrics)`` is called
+    after every epoch, epoch 0 included.
+    """
+    data = concat(train, pool)
+    start = evaluate(model, val, eval_batch_size)
+    best = (start["accuracy"], -start["loss"])
+    best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
+    history = [{"epoch": 0, "val_loss": start["loss"], "val_accuracy": start["accuracy"]}]
+    if on_epoch:
+        on_epoch(0, history[0])
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        began = time.perf_counter()
+        sampler.set_epoch(epoch - 1)
+        k = sampler.k
+        train_metrics = train_one_epoch(model, data, sampler.batches(epoch - 1), k, loss_fn, optimizer, grad_clip)
+        val_metrics = evaluate(model, val, eval_batch_size)
+        metrics = {"epoch": epoch, **{f"train_{n}": v for n, v in train_metrics.items()},
+                   "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
+                   "k": k, "seconds": time.perf_counter() - began}
+        history.append(metrics)
+        score = (val_metrics["accuracy"], -val_metrics["loss"])
+        if score > best:
+            best, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if on_epoch:
+            on_epoch(epoch, metrics)
+        if epoch - best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    return FitResult(best_epoch, best[0], epoch, history, stopped_early=epoch < max_epochs)
+
+
+class Trainer:
+    """Optimisation settings: optimiser, learning rate, early stopping, device, threads."""
+
+    def __init__(self, lr: float = 1e-3, optimizer: str = "adam", momentum: float = 0.9,
+                 weight_decay: float = 0.0, max_epochs: int = 20, patience: int = 3,
+                 grad_clip: float | None = None, device: str = "auto", num_threads: int | None = None,
+                 eval_batch_size: int = 1000):
+        require(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
+        require_choice("optimizer", optimizer, OPTIMIZERS)
+        require(isinstance(max_epochs, int) and max_epochs >= 1, "max_epochs", max_epochs, "an integer >= 1")
+        require(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
+        require(grad_clip is None or grad_clip > 0, "grad_clip", grad_clip, "null or a number > 0")
+        require_choice("device", device, DEVICES)
+        require(device != "cuda" or torch.cuda.is_available(), "device", device,
+                "cuda only where a CUDA GPU is visible (use auto or cpu)")
+        require(num_threads is None or (isinstance(num_threads, int) and num_threads >= 1),
+                "num_threads", num_threads, "null (from OMP_NUM_THREADS, else all cores) or an integer >= 1")
+        require(isinstance(eval_batch_size, int) and eval_batch_size >= 1, "eval_batch_size",
+                eval_batch_size, "an integer >= 1")
+        self.lr, self.optimizer_name, self.momentum, self.weight_decay = float(lr), optimizer, momentum, weight_decay
+        self.max_epochs, self.patience, self.grad_clip = max_epochs, patience, grad_clip
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else "cpu" if device == "auto" else device)
+        # Launchers other than joblib do not limit threads; parallel jobs must not oversubscribe.
+        self.num_threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count()
+        self.eval_batch_size = eval_batch_size
+
+    def apply_threads(self) -> None:
+        torch.set_num_threads(self.num_threads)
+
+    def make_optimizer(self, params, lr: float | None = None):
+        lr = self.lr if lr is None else lr
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
+
+    def fit(self, model, train: Split, pool: Split, val: Split, sampler, loss_fn, on_epoch=None) -> FitResult:
+        model.to(self.device)
+        return fit_until_early_stopping(
+            model, train.to(self.device), pool.to(self.device), val.to(self.device), sampler,
+            loss_fn.to(self.device), self.make_optimizer(model.parameters()), self.max_epochs,
+            self.patience, self.grad_clip, self.eval_batch_size, on_epoch)
+
+    def evaluate(self, model, split: Split) -> dict:
+        return evaluate(model.to(self.device), split.to(self.device), self.eval_batch_size)
+
+
+def train_confounded(model, train: Split, trainer: Trainer, epochs: int, lr: float, batch_size: int,
+                     seed: int, on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Plain cross-entropy on the confounded training split for a fixed number
+    of epochs (no validation-based stopping: the clean validation set must not
+    steer the model away from the shortcut)."""
+    model.to(trainer.device)
+    data = train.to(trainer.device)
+    sampler = MixedBatchSampler(len(train), batch_size=batch_size, k=0, pool_size=0, seed=seed)
+    optimizer = trainer.make_optimizer(model.parameters(), lr=lr)
+    history = []
+    for epoch in range(epochs):
+        began = time.perf_counter()
+        metrics = train_one_epoch(model, data, sampler.batches(epoch), 0, BaselineImbalancedLoss(),
+                                  optimizer, trainer.grad_clip)
+        metrics = {"epoch": epoch + 1, **metrics, "seconds": time.perf_counter() - began}
+        history.append(metrics)
+        if on_epoch:
+            on_epoch(epoch + 1, metrics)
+    return history
