@@ -12,7 +12,7 @@ import torch
 
 from xilsweep.data import XILData
 from xilsweep.errors import DataError, require
-from xilsweep.files import atomic_torch_save, build_lock, checked_torch_load, digest
+from xilsweep.files import atomic_torch_save, build_lock, checked_torch_load, digest, read_checked
 from xilsweep.training import Trainer, train_confounded
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,33 @@ log = logging.getLogger(__name__)
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         first_line = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise DataError(f"{path} was saved from a different model ({first_line})") from e
+
+
+def accuracies(model, data: XILData, trainer: Trainer) -> dict:
+    return {f"{name}_accuracy": trainer.evaluate(model, split)["accuracy"]
+            for name, split in (("train", data.pretrain_split), ("val", data.val), ("test", data.test),
+                                ("test_dotted", data.test_dotted))}
+
+
+def load_user_checkpoint(path: str, build_model: Callable[[], torch.nn.Module], data: XILData, trainer: Trainer):
+    """A confounded model the user brings (``pretrain.checkpoint``): a plain
+    state dict, or a file written by xilsweep."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"pretrain.checkpoint={str(path)!r}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"pretrain.checkpoint={str(path)!r} is unreadable (truncated or corrupt): {e}") from e
+    if isinstance(state, dict) and set(state) == {"meta", "payload", "digest"}:
+        state = read_checked(path)[1]["state_dict"]
+    model = build_model()
+    load_weights(model, state, path)
+    model.to(trainer.device)
+    return model, {"settings": {"checkpoint": str(path)}, **accuracies(model, data, trainer), "path": str(path)}
 
 
 def confounded_model(data: XILData, build_model: Callable[[], torch.nn.Module], model_settings: dict,
@@ -52,11 +76,8 @@ def confounded_model(data: XILData, build_model: Callable[[], torch.nn.Module], 
                 log.info("confounded model epoch %d/%d: loss %.4f, train accuracy %.2f%% (%.1f s)",
                          epoch, epochs, m["loss"], 100 * m["accuracy"], m["seconds"])
 
-            history = train_confounded(model, data.train, trainer, epochs, lr, batch_size, seed, progress)
-            record = {"settings": settings, "history": history,
-                      **{f"{name}_accuracy": trainer.evaluate(model, split)["accuracy"]
-                         for name, split in (("train", data.train), ("val", data.val), ("test", data.test),
-                                             ("test_dotted", data.test_dotted))}}
+            history = train_confounded(model, data.pretrain_split, trainer, epochs, lr, batch_size, seed, progress)
+            record = {"settings": settings, "history": history, **accuracies(model, data, trainer)}
             payload = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                        "record": json.dumps(record)}
             atomic_torch_save(payload, path, meta=settings)

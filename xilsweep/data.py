@@ -73,7 +73,12 @@ class Split:
 
 @dataclass
 class XILData:
-    """Everything a correction job needs; ``key`` names the generation settings."""
+    """Everything a correction job needs; ``key`` names the generation settings.
+
+    ``train`` is what fine-tuning uses (a subset when ``n_train`` is set);
+    ``full_train`` is the whole confounded training split the confounded
+    model is trained on (None: same as ``train``).
+    """
 
     train: Split
     val: Split
@@ -81,6 +86,11 @@ class XILData:
     test_dotted: Split
     key: str
     directory: Path
+    full_train: Split | None = None
+
+    @property
+    def pretrain_split(self) -> Split:
+        return self.train if self.full_train is None else self.full_train
 
     @property
     def content_hash(self) -> str:
@@ -259,7 +269,7 @@ class ConfoundedMNIST08:
                 atomic_torch_save(train_payload, train_file, meta=settings)
                 atomic_torch_save(test_payload, test_file, meta=settings)
                 atomic_write_json(settings, self.directory / "settings.json")
-        train = Split.from_file(train_payload["train"])
+        train = full_train = Split.from_file(train_payload["train"])
         if self.n_train is not None:
             require(self.n_train <= len(train), "n_train", self.n_train,
                     f"at most {len(train)}, the size of the training split")
@@ -272,6 +282,7 @@ class ConfoundedMNIST08:
             test_dotted=Split.from_file(test_payload["test_dotted"]),
             key=self.key,
             directory=self.directory,
+            full_train=full_train,
         )
 
     def _generate(self):

@@ -73,6 +73,13 @@ def atomic_torch_save(payload, path: Path, meta=None) -> None:
     atomic_write_bytes(buffer.getvalue(), path)
 
 
+def save_state_dict(model: torch.nn.Module, path: Path) -> None:
+    """A model's weights as a plain ``torch.load``-able state dict, written atomically."""
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+    atomic_write_bytes(buffer.getvalue(), path)
+
+
 def read_checked(path: Path):
     """(meta, payload) of a file written by ``atomic_torch_save``; DataError if damaged."""
     try:

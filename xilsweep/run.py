@@ -7,11 +7,15 @@ job in its own folder and returns the objective (best validation accuracy).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import socket
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -23,13 +27,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import xilsweep
-from xilsweep.confounded import confounded_model
+from xilsweep.confounded import confounded_model, load_user_checkpoint
 from xilsweep.correction import UserCorrectedDataset
-from xilsweep.data import XILData
+from xilsweep.data import CONFOUNDED_CLASS, XILData
 from xilsweep.errors import DataError, NonFiniteLossError, SettingError
-from xilsweep.tracking import RunRecorder, write_metrics
+from xilsweep.files import read_checked, save_state_dict
+from xilsweep.reasons import REASON_TAGS, view_images
+from xilsweep.tracking import METRICS_FILE, RunRecorder, write_metrics
 
 log = logging.getLogger("xilsweep")
+CHECKPOINT_FILE = "checkpoint.pth"
 
 
 def run_name(lr, loss, lam, pool, seed) -> str:
@@ -73,42 +80,75 @@ class Job:
     sampler: object
     loss: object
     trainer: object
+    explainer: object
+    confounded_class: int | None  # the class the confounder points to (None: spread over all, as in Decoy-MNIST)
 
 
 def seed_everything(seed: int) -> None:
+    """Same config and seed, same numbers (bit-identical on the CPU with the same thread count)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def prepare(cfg: DictConfig) -> Job:
-    """Validate every setting and build the job's objects (no output written)."""
-    if not isinstance(cfg.seed, int):
-        raise ConfigError(f"seed={cfg.seed!r} is not allowed: an integer")
-    trainer = build(cfg, "trainer")
+    """Validate every setting and build the job's objects (no output written).
+
+    Settings that need no data are all checked first, and every problem found
+    is reported, one line each, before any data is generated or loaded.
+    """
+    problems: list[str] = []
+
+    def attempt(group: str, **kwargs):
+        try:
+            return build(cfg, group, **kwargs)
+        except ConfigError as e:
+            problems.append(str(e))
+            return None
+
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        problems.append(f"seed={cfg.seed!r} is not allowed: an integer")
+    trainer, loss = attempt("trainer"), attempt("loss")
+    model_check = attempt("model")  # the architecture, before any data work
+    explainer = attempt("explainer")
+    if model_check is not None and explainer is not None:
+        try:
+            explainer.check(model_check)
+        except SettingError as e:
+            problems.append(str(e))
+    attempt("sampler", n_confounded=1)  # its own settings; the data size comes later
+    data_spec = attempt("data")
+    if problems:
+        raise ConfigError("\n".join(problems))
     trainer.apply_threads()
-    loss = build(cfg, "loss")
     model_settings = OmegaConf.to_container(cfg.model, resolve=True)
-    build(cfg, "model")  # validate the architecture before any data work
-    data_spec = build(cfg, "data")
     try:
         data = data_spec.load()
     except SettingError as e:
         raise ConfigError(str(e.in_group("data"))) from None
-    if len(data.train) == 0:
-        raise ConfigError("data: the training selection is empty")
+    # The model's output size follows the data (2 for 08MNIST, 10 for Decoy-MNIST).
+    num_classes = data.train.targets.shape[1]
+    model_settings["num_classes"] = num_classes
+    build_model = partial(build, cfg, "model", num_classes=num_classes)
     sampler = build(cfg, "sampler", n_confounded=len(data.train))
+    confounded_class = getattr(data_spec, "confounded_class", CONFOUNDED_CLASS)
     try:
-        pool = UserCorrectedDataset(data.train, sampler.pool_size, sampler.correction, seed=cfg.seed)
+        pool = UserCorrectedDataset(data.train, sampler.pool_size, sampler.correction, seed=cfg.seed,
+                                    confounded_class=confounded_class)
     except SettingError as e:
         raise ConfigError(str(e.in_group("sampler"))) from None
     pre = cfg.pretrain
     try:
-        model, record = confounded_model(data, lambda: build(cfg, "model"), model_settings, trainer,
-                                         pre.epochs, pre.lr, pre.batch_size, pre.seed)
+        if pre.checkpoint is not None:
+            model, record = load_user_checkpoint(pre.checkpoint, build_model, data, trainer)
+        else:
+            model, record = confounded_model(data, build_model, model_settings, trainer,
+                                             pre.epochs, pre.lr, pre.batch_size, pre.seed)
     except SettingError as e:
         raise ConfigError(str(e.in_group("pretrain"))) from None
-    return Job(data, model, record, pool, sampler, loss, trainer)
+    return Job(data, model, record, pool, sampler, loss, trainer, explainer, confounded_class)
 
 
 def hparam_settings(cfg: DictConfig, job: Job) -> dict:
@@ -123,22 +163,41 @@ def hparam_settings(cfg: DictConfig, job: Job) -> dict:
 def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dict:
     """Fine-tune, log every epoch, evaluate; returns the metrics record."""
     began = time.perf_counter()
-    recorder = RunRecorder(out_dir)
+    checkpoint = out_dir / CHECKPOINT_FILE
+    resuming = job.trainer.resume and checkpoint.exists()
+    # On resume, TensorBoard drops the killed run's events from the first epoch redone on.
+    recorder = RunRecorder(out_dir, purge_step=read_checked(checkpoint)[1]["epoch"] + 1 if resuming else None)
     settings = hparam_settings(cfg, job)
-    record = {"status": "running", "run_name": name, "version": xilsweep.__version__,
+    record = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+              "torch_threads": torch.get_num_threads(),  # 1 per job under hydra/launcher=parallel
+              "run_name": name, "version": xilsweep.__version__,
               "settings": settings, "config": OmegaConf.to_container(cfg, resolve=True),
               "overrides": HydraConfig.get().overrides.task if HydraConfig.initialized() else [],
               "data_key": job.data.key, "data_hash": job.data.content_hash,
               "confounded": job.confounded}
+    write_metrics(out_dir, record)  # "running" until replaced; pid and host tell a killed job apart
     try:
         confounded_split = job.data.train.subset(job.data.train.labels == 1)
-        recorder.images({"Images/confounded_samples": confounded_split.x,
-                         "Images/corrected_original": job.pool.original.x,
-                         "Images/corrected_samples": job.pool.corrected.x})
+        if not resuming:
+            recorder.images({"Images/confounded_samples": confounded_split.x,
+                             "Images/corrected_original": job.pool.original.x,
+                             "Images/corrected_samples": job.pool.corrected.x})
         max_epochs = job.trainer.max_epochs
+        # Right-for-the-right-reasons metrics and explanation grids, every epoch; before fit,
+        # job.model is the confounded model (epoch 0), also when resuming.
+        shown = view_images(job.data, job.pool.corrected, job.pool.original, job.confounded_class)
+        reasons_of = partial(job.explainer.reasons, data=job.data, confounded_class=job.confounded_class)
+        record["confounded"] = {**job.confounded, **reasons_of(job.model)}
+        reason_seconds = []
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            recorder.epoch(epoch, metrics)
+            began_reasons = time.perf_counter()
+            reasons = record["confounded"] if epoch == 0 else reasons_of(job.model)
+            recorder.images({f"Explanations/{view}": x for view, x in job.explainer.views(job.model, shown).items()},
+                            step=epoch)
+            if epoch > 0:  # epoch 0 reuses the confounded model's metrics
+                reason_seconds.append(time.perf_counter() - began_reasons)
+            recorder.epoch(epoch, {**metrics, **{tag: reasons[key] for key, tag in REASON_TAGS.items()}})
             if epoch == 0:
                 log.info("epoch 0/%d (start): val loss %.4f, val accuracy %.2f%%",
                          max_epochs, metrics["val_loss"], 100 * metrics["val_accuracy"])
@@ -150,25 +209,28 @@ def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dic
                          metrics["val_loss"], 100 * metrics["val_accuracy"], metrics["seconds"])
 
         torch.manual_seed(cfg.seed)
-        fit = job.trainer.fit(job.model, job.data.train, job.pool.corrected, job.data.val,
-                              job.sampler, job.loss, on_epoch)
+        train = job.pool.with_known_masks(job.data.train)  # mask-based losses see only the pool's masks
+        fit = job.trainer.fit(job.model, train, job.pool.corrected, job.data.val,
+                              job.sampler, job.loss, on_epoch, checkpoint=checkpoint)
         test = job.trainer.evaluate(job.model, job.data.test)
-        test_dotted = job.trainer.evaluate(job.model, job.data.test_dotted)
+        final_reasons = reasons_of(job.model)  # of the best (restored) model
         epoch_seconds = [h["seconds"] for h in fit.history if "seconds" in h]
         record.update({
             "status": "done", "objective": fit.best_val_accuracy, "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run, "best_val_accuracy": fit.best_val_accuracy,
             "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-            "test_dotted_accuracy": test_dotted["accuracy"],
+            **final_reasons,
+            "reasons_seconds_per_epoch": float(np.mean(reason_seconds)) if reason_seconds else None,
             "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
             "history": fit.history,
         })
         recorder.hparams(settings, {"Final/best_val_accuracy": fit.best_val_accuracy,
                                     "Final/test_accuracy": test["accuracy"],
-                                    "Final/test_dotted_accuracy": test_dotted["accuracy"],
+                                    **{f"Final/{key}": value for key, value in final_reasons.items()},
                                     "Final/confounded_test_accuracy": job.confounded["test_accuracy"]})
         if cfg.save_model:
-            torch.save({k: v.cpu() for k, v in job.model.state_dict().items()}, out_dir / "model.pth")
+            save_state_dict(job.model, out_dir / "model.pth")
+        checkpoint.unlink(missing_ok=True)  # the job is complete; model.pth holds the result
     except Exception as e:
         reason = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
         record.update({"status": "failed", "reason": reason, "traceback": traceback.format_exc()})
@@ -180,7 +242,26 @@ def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dic
     return record
 
 
+def finished_objective(cfg: DictConfig, out_dir: Path) -> float | None:
+    """The objective of a job already finished in ``out_dir``; re-running one
+    by accident is refused, ``trainer.resume=true`` returns its result."""
+    metrics_file = out_dir / METRICS_FILE
+    if not metrics_file.exists():
+        return None
+    record = json.loads(metrics_file.read_text())
+    if record.get("status") != "done":
+        return None
+    if not cfg.trainer.get("resume", False):
+        raise ConfigError(f"{out_dir} already holds a finished job; trainer.resume=true returns its result, "
+                          "another hydra.run.dir runs it again")
+    log.info("job already finished in %s; returning its recorded objective", out_dir)
+    return float(record["objective"])
+
+
 def run_job(cfg: DictConfig, out_dir: Path) -> float:
+    done = finished_objective(cfg, out_dir)
+    if done is not None:
+        return done
     seed_everything(cfg.seed)
     job = prepare(cfg)
     name = out_dir.name
@@ -194,6 +275,10 @@ def run_job(cfg: DictConfig, out_dir: Path) -> float:
     log.info("clean test accuracy: confounded model %.2f%% -> corrected model %.2f%% "
              "(best val accuracy %.2f%% at epoch %d)", 100 * job.confounded["test_accuracy"],
              100 * record["test_accuracy"], 100 * record["best_val_accuracy"], record["best_epoch"])
+    before, after = record["confounded"], record
+    log.info("reasons (%s): attribution in mask %s -> %s, wrong-reason score %s -> %s, dot flip rate %s -> %s, "
+             "dotted test accuracy %s -> %s", job.explainer.name,
+             *(f"{r[key]:.3f}" if r[key] is not None else "n/a" for key in REASON_TAGS for r in (before, after)))
     log.info("outputs: %s   (tensorboard --logdir %s)", out_dir, out_dir)
     return float(record["objective"])
 

@@ -39,9 +39,9 @@ class RunRecorder:
     folder shows one run per job, named after the job folder.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, purge_step: int | None = None):
         self.directory = Path(directory)
-        self.writer = SummaryWriter(log_dir=str(self.directory))
+        self.writer = SummaryWriter(log_dir=str(self.directory), purge_step=purge_step)
 
     def epoch(self, epoch: int, metrics: dict) -> None:
         for name, value in metrics.items():

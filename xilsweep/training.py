@@ -9,11 +9,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from xilsweep.data import Split
 from xilsweep.errors import NonFiniteLossError, require, require_choice
+from xilsweep.files import atomic_torch_save, read_checked
 from xilsweep.losses import BaselineImbalancedLoss, XILLoss, as_labels
 from xilsweep.sampling import MixedBatchSampler, create_is_user_corrected_mask
 
@@ -33,16 +35,20 @@ def train_one_epoch(model, data: Split, batches, k: int, loss_fn: XILLoss, optim
     device = data.x.device
     sums = torch.zeros(4, device=device)  # total, confounded, corrected, correct predictions
     n_seen = 0
+    own_step = getattr(optimizer, "train_step", None)  # a loss's own update rule, see XILLoss.wrap_optimizer
     for index in batches:
         index = index.to(device, non_blocking=True)
         x, targets, mask = data.x[index], data.targets[index], data.mask[index]
         is_corrected = create_is_user_corrected_mask(len(index), k, device)
-        logits, (total, confounded, corrected) = loss_fn.batch_loss(model, x, targets, is_corrected, mask)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        if own_step:
+            logits, (total, confounded, corrected) = own_step(model, x, targets, is_corrected, mask)
+        else:
+            logits, (total, confounded, corrected) = loss_fn.batch_loss(model, x, targets, is_corrected, mask)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
         hits = (logits.detach().argmax(dim=1) == as_labels(targets)).sum()
         sums += torch.stack([total.detach(), confounded.detach(), corrected.detach(), hits.float()])
         n_seen += len(index)
@@ -81,23 +87,40 @@ class FitResult:
 def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampler: MixedBatchSampler,
                              loss_fn: XILLoss, optimizer, max_epochs: int, patience: int,
                              grad_clip: float | None = None, eval_batch_size: int = 1000,
-                             on_epoch: Callable[[int, dict], None] | None = None) -> FitResult:
+                             on_epoch: Callable[[int, dict], None] | None = None,
+                             checkpoint: Path | None = None, resume: bool = False) -> FitResult:
     """Train until validation accuracy has not improved for ``patience`` epochs
     (ties broken by lower validation loss), then restore the best weights.
 
     Epoch 0 is the starting model, so a fine-tuning that never beats it on
     validation returns it unchanged. ``on_epoch(epoch, metrics)`` is called
-    after every epoch, epoch 0 included.
+    after every epoch run here, epoch 0 included.
+
+    With ``checkpoint``, the whole training state is saved there (atomically)
+    after every epoch; with ``resume`` too, training continues from it. Batch
+    order depends only on (seed, epoch) and the RNG state is saved, so a
+    resumed run ends exactly where an uninterrupted one would.
     """
+    optimizer = loss_fn.wrap_optimizer(optimizer, grad_clip)
     data = concat(train, pool)
-    start = evaluate(model, val, eval_batch_size)
-    best = (start["accuracy"], -start["loss"])
-    best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
-    history = [{"epoch": 0, "val_loss": start["loss"], "val_accuracy": start["accuracy"]}]
-    if on_epoch:
-        on_epoch(0, history[0])
-    epoch = 0
-    for epoch in range(1, max_epochs + 1):
+    state = read_checked(checkpoint)[1] if resume and checkpoint and Path(checkpoint).exists() else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loss_fn.load_state_dict(state["loss"])
+        torch.set_rng_state(state["rng"])
+        best, best_epoch, best_state = tuple(state["best"]), state["best_epoch"], state["best_model"]
+        history, first_epoch = state["history"], state["epoch"] + 1
+    else:
+        start = evaluate(model, val, eval_batch_size)
+        best = (start["accuracy"], -start["loss"])
+        best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
+        history, first_epoch = [{"epoch": 0, "val_loss": start["loss"], "val_accuracy": start["accuracy"]}], 1
+        if on_epoch:
+            on_epoch(0, history[0])
+    epoch = first_epoch - 1
+    while epoch < max_epochs and epoch - best_epoch < patience:
+        epoch += 1
         began = time.perf_counter()
         sampler.set_epoch(epoch - 1)
         k = sampler.k
@@ -105,16 +128,19 @@ def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampl
         val_metrics = evaluate(model, val, eval_batch_size)
         metrics = {"epoch": epoch, **{f"train_{n}": v for n, v in train_metrics.items()},
                    "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
-                   "k": k, "seconds": time.perf_counter() - began}
+                   "k": k, **loss_fn.epoch_metrics(), "seconds": time.perf_counter() - began}
         history.append(metrics)
         score = (val_metrics["accuracy"], -val_metrics["loss"])
         if score > best:
             best, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
+        if checkpoint:
+            atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "loss": loss_fn.state_dict(), "rng": torch.get_rng_state(), "best": list(best),
+                               "best_epoch": best_epoch, "best_model": best_state, "history": history},
+                              checkpoint)
         if on_epoch:
             on_epoch(epoch, metrics)
-        if epoch - best_epoch >= patience:
-            break
     model.load_state_dict(best_state)
     return FitResult(best_epoch, best[0], epoch, history, stopped_early=epoch < max_epochs)
 
@@ -125,7 +151,7 @@ class Trainer:
     def __init__(self, lr: float = 1e-3, optimizer: str = "adam", momentum: float = 0.9,
                  weight_decay: float = 0.0, max_epochs: int = 20, patience: int = 3,
                  grad_clip: float | None = None, device: str = "auto", num_threads: int | None = None,
-                 eval_batch_size: int = 1000):
+                 eval_batch_size: int = 1000, resume: bool = False):
         require(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
         require_choice("optimizer", optimizer, OPTIMIZERS)
         require(isinstance(max_epochs, int) and max_epochs >= 1, "max_epochs", max_epochs, "an integer >= 1")
@@ -145,6 +171,8 @@ class Trainer:
         # Launchers other than joblib do not limit threads; parallel jobs must not oversubscribe.
         self.num_threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count()
         self.eval_batch_size = eval_batch_size
+        require(isinstance(resume, bool), "resume", resume, "true or false")
+        self.resume = resume
 
     def apply_threads(self) -> None:
         torch.set_num_threads(self.num_threads)
@@ -155,12 +183,13 @@ class Trainer:
             return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
         return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
 
-    def fit(self, model, train: Split, pool: Split, val: Split, sampler, loss_fn, on_epoch=None) -> FitResult:
+    def fit(self, model, train: Split, pool: Split, val: Split, sampler, loss_fn, on_epoch=None,
+            checkpoint: Path | None = None) -> FitResult:
         model.to(self.device)
         return fit_until_early_stopping(
             model, train.to(self.device), pool.to(self.device), val.to(self.device), sampler,
             loss_fn.to(self.device), self.make_optimizer(model.parameters()), self.max_epochs,
-            self.patience, self.grad_clip, self.eval_batch_size, on_epoch)
+            self.patience, self.grad_clip, self.eval_batch_size, on_epoch, checkpoint, self.resume)
 
     def evaluate(self, model, split: Split) -> dict:
         return evaluate(model.to(self.device), split.to(self.device), self.eval_batch_size)

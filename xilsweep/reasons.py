@@ -1,0 +1,193 @@
+"""Right for the right reasons: explanations of a model's predictions and
+metrics of how much they rest on the confounder (the dots).
+
+Explainers (config group ``explainer``) turn a batch of images into
+non-negative attribution maps ``[N, 1, H, W]`` for the class the model
+predicts: ``GradCAM`` (captum ``LayerGradCam`` on the model's last
+convolution, ReLU'd, bilinearly upsampled to the input size) or
+``InputGradients`` (``|d logit / d x|``, captum ``Saliency``). The metric
+functions work on whole batches of maps and masks; ``Explainer.reasons``
+computes all of them for one model on the test set with a few batched passes.
+"""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam, Saliency
+
+from xilsweep.data import Split, XILData
+from xilsweep.errors import SettingError, require
+from xilsweep.training import predict_logits
+
+# reasons() key -> TensorBoard tag; the keys are also the metrics.json names
+REASON_TAGS = {
+    "attribution_in_mask": "Reasons/attribution_in_mask",
+    "wrong_reason_score": "Reasons/wrong_reason_score",
+    "dot_flip_rate": "Reasons/dot_flip_rate",
+    "test_dotted_accuracy": "Accuracy/test_dotted",
+}
+THRESHOLD_RULES = ("mean",)
+
+
+def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
+    return maps.flatten(1).amax(1).view(-1, *[1] * (maps.dim() - 1))
+
+
+def attribution_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per image, the share of non-negative attribution that lies inside the
+    mask (0 to 1); an all-zero map explains nothing and counts as 0."""
+    positive = maps.clamp_min(0).flatten(1)
+    total = positive.sum(1)
+    inside = (positive * masks.flatten(1)).sum(1)
+    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each map to [0, 1]: negatives clipped, then (a - min) / (max - min) as in
+    the XIL typology code (Friedrich et al. 2023); a constant map becomes 0."""
+    positive = maps.clamp_min(0)
+    low = -_per_image_max(-positive)
+    span = _per_image_max(positive) - low
+    return torch.where(span > 0, (positive - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+
+
+def wrong_reason_score(maps: torch.Tensor, masks: torch.Tensor, threshold: float | str = "mean") -> torch.Tensor:
+    """Per image, the percentage (0 to 100) of mask pixels that are active in
+    the normalised map binarised at ``threshold``: a number in [0, 1], or
+    ``"mean"``, the mean normalised attribution over all non-zero maps of the
+    batch (the literature's choice). All-zero maps have no active pixels (0)."""
+    norm = normalise(maps)
+    if threshold == "mean":
+        explained = norm.flatten(1).amax(1) > 0
+        threshold = norm[explained].mean() if explained.any() else 0.0
+    active = (norm > threshold) & masks.bool()
+    return 100 * active.flatten(1).sum(1) / masks.flatten(1).sum(1).clamp_min(1)
+
+
+def dot_flip_rate(clean_pred: torch.Tensor, dotted_pred: torch.Tensor, labels: torch.Tensor,
+                  confounded_class: int) -> float | None:
+    """Among images outside the confounded class that the model gets right
+    without dots, the fraction it assigns to the confounded class once the
+    dots are added; None when there are no such images."""
+    eligible = (labels != confounded_class) & (clean_pred == labels)
+    if not eligible.any():
+        return None
+    return (dotted_pred[eligible] == confounded_class).float().mean().item()
+
+
+def overlay(x: torch.Tensor, maps: torch.Tensor, strength: float = 0.8) -> torch.Tensor:
+    """RGB images [N, 3, H, W]: the grayscale input with the map (scaled to its
+    maximum per image) on top, from red (weak) to yellow (strong)."""
+    heat = maps / _per_image_max(maps).clamp_min(torch.finfo(maps.dtype).tiny)
+    gray = x.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    colour = torch.cat([torch.ones_like(heat), heat, torch.zeros_like(heat)], dim=1)
+    alpha = strength * heat
+    return gray * (1 - alpha) + colour * alpha
+
+
+def view_images(data: XILData, corrected: Split, original: Split, confounded_class: int | None,
+                n: int = 32) -> dict[str, torch.Tensor]:
+    """The images shown with explanations: the user-corrected samples, the same
+    samples with their dots, and clean test images of the confounded class and
+    of the others (of every class when the data has no confounded class)."""
+    c, test = confounded_class, data.test
+    views = {"corrected_samples": corrected.x[:n], "corrected_original": original.x[:n]}
+    if c is None:
+        views["test_clean"] = test.x[:n]
+    else:
+        views["test_confounded_class"] = test.x[test.labels == c][:n]
+        views["test_other_classes"] = test.x[test.labels != c][:n]
+    return {name: x for name, x in views.items() if len(x)}
+
+
+class Explainer:
+    """Attribution maps for the predicted class, and the reason metrics built on them.
+
+    ``threshold`` binarises the maps for ``wrong_reason_score`` (``mean`` or a
+    number in [0, 1]); ``n_images`` caps the dotted test images explained per
+    evaluation (null: all).
+    """
+
+    name = "explainer"
+
+    def __init__(self, threshold: float | str = "mean", n_images: int | None = None):
+        require(threshold in THRESHOLD_RULES or (isinstance(threshold, (int, float))
+                                                 and not isinstance(threshold, bool) and 0 <= threshold <= 1),
+                "threshold", threshold, "mean (the literature's data-dependent threshold) or a number in [0, 1]")
+        require(n_images is None or (isinstance(n_images, int) and not isinstance(n_images, bool) and n_images >= 1),
+                "n_images", n_images, "null (all) or an integer >= 1")
+        self.threshold, self.n_images = threshold, n_images
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Raise a SettingError when this method cannot explain ``model``."""
+
+    def _maps(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attribute(self, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Non-negative maps [N, 1, H, W] for ``target`` (default: the predicted class)."""
+        device = next(model.parameters()).device
+        x = x.to(device)
+        target = predict_logits(model, x).argmax(1) if target is None else target.to(device)
+        model.eval()  # explanations of the deployed model: no dropout
+        return self._maps(model, x, target).detach()
+
+    def views(self, model: torch.nn.Module, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Overlays of each named image batch with its explanation (one batched pass)."""
+        if not images:
+            return {}
+        x = torch.cat(list(images.values()))
+        shown = overlay(x, self.attribute(model, x).to(x.device)).cpu()
+        return dict(zip(images, shown.split([len(v) for v in images.values()])))
+
+    def reasons(self, model: torch.nn.Module, data: XILData, confounded_class: int | None) -> dict:
+        """The four reason metrics of ``model`` on the test set (see README,
+        "Right for the right reasons"); a metric that does not apply is None.
+
+        The maps explain the dotted test images of ``confounded_class`` (all
+        dotted test images when it is None, which also drops the flip rate).
+        """
+        device = next(model.parameters()).device
+        dotted = data.test_dotted.to(device)
+        labels, c = dotted.labels, confounded_class
+        dotted_pred = predict_logits(model, dotted.x).argmax(1)
+        has_dots = dotted.mask.flatten(1).any(1)
+        result = {"test_dotted_accuracy": (dotted_pred == labels).float().mean().item(), "dot_flip_rate": None,
+                  "attribution_in_mask": None, "wrong_reason_score": None}
+        if c is not None:
+            others = has_dots & (labels != c)  # test_dotted is the clean test set plus dots, image for image
+            clean_pred = predict_logits(model, data.test.x[others.cpu()].to(device)).argmax(1)
+            result["dot_flip_rate"] = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], c)
+        explained = torch.nonzero(has_dots & (labels == c) if c is not None else has_dots).flatten()
+        explained = explained[: self.n_images]
+        if len(explained):
+            maps = self.attribute(model, dotted.x[explained], dotted_pred[explained])
+            masks = dotted.mask[explained]
+            result["attribution_in_mask"] = attribution_in_mask(maps, masks).mean().item()
+            result["wrong_reason_score"] = wrong_reason_score(maps, masks, self.threshold).mean().item()
+        return result
+
+
+class GradCAM(Explainer):
+    """captum LayerGradCam on ``model.last_conv``, ReLU'd, upsampled (bilinear) to the input size."""
+
+    name = "gradcam"
+
+    def check(self, model: torch.nn.Module) -> None:
+        if getattr(model, "last_conv", None) is None:
+            raise SettingError("explainer", self.name,
+                               f"input_gradients ({type(model).__name__} has no convolution layer for GradCAM)")
+
+    def _maps(self, model, x, target):
+        cam = LayerGradCam(model, model.last_conv).attribute(x, target=target, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+
+
+class InputGradients(Explainer):
+    """|d logit / d x| of the predicted class (captum Saliency): exact pixel resolution."""
+
+    name = "input_gradients"
+
+    def _maps(self, model, x, target):
+        # a fresh leaf that requires grad (captum would otherwise set it, with a warning)
+        return Saliency(model).attribute(x.detach().requires_grad_(), target=target, abs=True)

@@ -1,0 +1,483 @@
+"""The sweep report: ``python -m xilsweep.report SWEEP_DIR``.
+
+Reads every job folder of a sweep (any launcher, Optuna's too, finished or
+interrupted half-way) and writes into ``SWEEP_DIR/report/``: ``jobs.csv``
+(one row per job), ``summary.csv`` (mean, std and n over seeds per setting),
+the plots as PNG, and ``report.md`` (the tables and the answers to the
+guide's questions), which is also printed.
+
+The varied settings are the job overrides that differ between jobs. A job's
+status comes from its ``metrics.json`` (done / failed with the reason /
+running); a job without one failed if its ``run.log`` has an ERROR line (a
+bad setting) and is running otherwise. Fields that older runs lack are left
+empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+REPORT_DIR = "report"
+# The override keys the guide's questions are about.
+LR, LOSS, LAMBDA, POOL, SEED = "trainer.lr", "loss", "loss.lam", "sampler.pool_size", "seed"
+VAL, TEST = "best_val_accuracy", "test_accuracy"
+# Newer metrics (right-reason metrics); shown when present.
+OPTIONAL_METRICS = ("test_dotted_accuracy", "attribution_in_mask", "wrong_reason_score", "dot_flip_rate")
+METRICS = (VAL, TEST, *OPTIONAL_METRICS)
+CONFOUNDED_METRICS = (TEST, *OPTIONAL_METRICS)
+LABELS = {VAL: "best val acc %", TEST: "test acc %", "test_dotted_accuracy": "dotted test acc %",
+          "attribution_in_mask": "attribution in mask", "wrong_reason_score": "wrong-reason score",
+          "dot_flip_rate": "dot flip rate", "epochs_run": "epochs"}
+
+
+class NotASweepError(Exception):
+    """The folder holds no job folders."""
+
+
+@dataclass
+class Job:
+    folder: Path
+    overrides: dict
+    metrics: dict
+    status: str
+    reason: str
+
+
+def parse_value(text: str):
+    """An override's value as a number where it is one (``1e-4`` too), else the text."""
+    if text in ("null", "None"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_overrides(folder: Path, metrics: dict) -> dict:
+    """``key -> value`` of the job's Hydra overrides (``+key`` as ``key``; deletions skipped)."""
+    path = folder / ".hydra" / "overrides.yaml"
+    lines = yaml.safe_load(path.read_text()) if path.exists() else metrics.get("overrides")
+    overrides = {}
+    for line in lines or []:
+        key, _, value = str(line).partition("=")
+        if not key.startswith("~"):
+            overrides[key.lstrip("+")] = parse_value(value)
+    return overrides
+
+
+def logged_error(folder: Path) -> str | None:
+    """The message of the first ERROR line in the job's run.log (with its continuation lines)."""
+    log_file = folder / "run.log"
+    if not log_file.exists():
+        return None
+    lines = log_file.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if "][ERROR] - " in line:
+            message = [line.split("][ERROR] - ", 1)[1]]
+            message += [m for m in lines[i + 1:] if not m.startswith("[")][:5]
+            return "; ".join(message)
+    return None
+
+
+def process_gone(metrics: dict) -> bool:
+    """True when the job's process ran on this machine and no longer exists."""
+    pid, host = metrics.get("pid"), metrics.get("host")
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def read_job(folder: Path) -> Job:
+    metrics_file = folder / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        metrics = {"status": "failed", "reason": f"metrics.json unreadable: {e}"}
+    if metrics:
+        status, reason = metrics.get("status", "running"), metrics.get("reason", "")
+        if status == "running" and process_gone(metrics):
+            status, reason = "interrupted", f"process {metrics['pid']} on {metrics['host']} ended without a result"
+    else:
+        error = logged_error(folder)
+        status, reason = ("failed", error) if error else ("running", "")
+    return Job(folder, read_overrides(folder, metrics), metrics, status, reason)
+
+
+def job_number(folder: Path):
+    head = folder.name.split("_", 1)[0]
+    return (int(head), folder.name) if head.isdigit() else (float("inf"), folder.name)
+
+
+def find_jobs(sweep_dir: Path) -> list[Job]:
+    if not sweep_dir.is_dir():
+        raise NotASweepError(f"{sweep_dir} is not a folder")
+    folders = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and p.name != REPORT_DIR
+               and any((p / name).exists() for name in (".hydra", "metrics.json", "run.log"))]
+    if not folders:
+        hint = (" (it is a single job's folder; pass the sweep folder above it)"
+                if (sweep_dir / ".hydra").exists() else "")
+        raise NotASweepError(f"{sweep_dir} is not a sweep folder: no job folders (with .hydra/, "
+                             f"metrics.json or run.log) inside{hint}")
+    return [read_job(p) for p in sorted(folders, key=job_number)]
+
+
+def varied_keys(jobs: list[Job]) -> list[str]:
+    """Override keys whose value differs between jobs (absent counts as a value), in first-seen order."""
+    keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
+    return [k for k in keys if len({repr(job.overrides.get(k)) for job in jobs}) > 1]
+
+
+def job_table(jobs: list[Job], varied: list[str]) -> pd.DataFrame:
+    rows = []
+    for job in jobs:
+        m, settings = job.metrics, job.metrics.get("settings") or {}
+        row = {"job": job.folder.name}
+        row.update({k: job.overrides.get(k) for k in varied if k != SEED})
+        row[SEED] = job.overrides.get(SEED, settings.get("seed"))
+        row["status"] = job.status
+        row["epochs_run"] = m.get("epochs_run")
+        row.update({name: m.get(name) for name in METRICS})
+        confounded = m.get("confounded") or {}
+        row.update({f"confounded.{name}": confounded.get(name) for name in CONFOUNDED_METRICS})
+        row["seconds"] = m.get("seconds")
+        row["reason"] = job.reason
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    optional = [c for c in table if c in OPTIONAL_METRICS or c.startswith("confounded.")]
+    return table.drop(columns=[c for c in optional if table[c].isna().all()])
+
+
+def sort_key(values: pd.Series) -> pd.Series:
+    """Numbers before text before empty, so mixed columns sort too."""
+    return values.map(lambda v: (2, "") if v is None or v != v else
+                      (0, v) if isinstance(v, (int, float)) else (1, str(v)))
+
+
+def summary_table(table: pd.DataFrame, varied: list[str]) -> pd.DataFrame:
+    """Mean, std and n over seeds of every metric, per setting (done jobs only)."""
+    keys = [k for k in varied if k != SEED]
+    done = table[table.status == "done"]
+    metrics = [c for c in METRICS if c in done]
+    if done.empty:
+        return pd.DataFrame(columns=[*keys, "n"])
+    grouped = done.groupby(keys, dropna=False, sort=False) if keys else done.groupby(lambda _: "all")
+    summary = grouped[metrics].agg(["mean", "std"])
+    summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
+    summary.insert(0, "n", grouped.size())
+    summary = summary.reset_index()
+    if not keys:
+        return summary.drop(columns="index")
+    return summary.sort_values(keys, key=sort_key, kind="stable").reset_index(drop=True)
+
+
+def best_per(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """For every value (combination) of ``keys``: the setting with the best mean validation accuracy."""
+    ranked = summary.sort_values(f"{VAL}_mean", ascending=False, kind="stable")
+    return ranked.drop_duplicates(keys).sort_values(keys, key=sort_key, kind="stable")
+
+
+# --- formatting -------------------------------------------------------------
+
+def fmt(value, column: str = "") -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        if column.endswith("accuracy") or column.endswith("accuracy_mean") or column.endswith("accuracy_std"):
+            return f"{100 * value:.2f}"
+        return f"{value:.3g}" if column in OPTIONAL_METRICS or "_mean" in column or "_std" in column \
+            else f"{value:g}"
+    return str(value)
+
+
+def pct(row, metric: str) -> str:
+    """``99.03% ± 0.21 (n=3)`` from a summary row."""
+    mean, std, n = row[f"{metric}_mean"], row[f"{metric}_std"], int(row["n"])
+    spread = f" ± {100 * std:.2f}" if std == std else ""
+    return f"{100 * mean:.2f}%{spread} (n={n})"
+
+
+def markdown(table: pd.DataFrame, headers: dict | None = None) -> str:
+    headers = headers or {}
+    names = [headers.get(c, LABELS.get(c, c)) for c in table.columns]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(fmt(row[c], c).replace("|", "/") for c in table.columns) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: pd.DataFrame, varied: list[str]) -> str:
+    keys = [k for k in varied if k != SEED]
+    shown = summary[[*keys, "n"]].copy()
+    for metric in METRICS:
+        if f"{metric}_mean" in summary:
+            shown[LABELS[metric]] = [
+                f"{fmt(m, metric)} ± {fmt(s, metric)}" if s == s else fmt(m, metric)
+                for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
+    return markdown(shown)
+
+
+def settings_line(jobs: list[Job]) -> str:
+    """The settings every finished job shares (from metrics.json), e.g. the lr of a lambda search."""
+    settings = [j.metrics.get("settings") for j in jobs if j.metrics.get("settings")]
+    if not settings:
+        return ""
+    keys = dict.fromkeys(k for s in settings for k in s)
+    shared = {k: settings[0].get(k) for k in keys if all(repr(s.get(k)) == repr(settings[0].get(k)) for s in settings)}
+    return ", ".join(f"{k}={v}" for k, v in shared.items())
+
+
+# --- answers ------------------------------------------------------------------
+
+def describe(row, keys: list[str]) -> str:
+    parts = [f"{k}={fmt(row[k])}" for k in keys if k in row and fmt(row[k])]
+    return ", ".join(parts) if parts else "the only setting"
+
+
+def answer_lr(summary, varied) -> str:
+    if LR not in varied:
+        return "**Learning rate:** not enough data: the sweep did not vary trainer.lr."
+    per_lr = best_per(summary, [LR]).sort_values(f"{VAL}_mean", ascending=False, kind="stable")
+    best = per_lr.iloc[0]
+    ranking = "; ".join(f"{fmt(r[LR])}: {pct(r, VAL)}" for _, r in per_lr.iterrows())
+    return (f"**Learning rate:** best trainer.lr = {fmt(best[LR])} by mean best validation accuracy "
+            f"({ranking}). Step 3: `python -m xilsweep.run -m experiment=lambda_search best_lr={fmt(best[LR])}`.")
+
+
+def answer_lambda(summary, varied) -> str:
+    if LAMBDA not in varied:
+        return "**λ:** not enough data: the sweep did not vary loss.lam."
+    with_lambda = summary[summary[LAMBDA].notna()] if LAMBDA in summary else summary.iloc[:0]
+    if with_lambda[LAMBDA].nunique() < 2:
+        return "**λ:** not enough data: fewer than two λ values finished."
+    per_lambda = best_per(with_lambda, [LAMBDA])
+    best = per_lambda.sort_values(f"{VAL}_mean", ascending=False, kind="stable").iloc[0]
+    curve = "; ".join(f"λ={fmt(r[LAMBDA])}: {pct(r, TEST)}" for _, r in per_lambda.iterrows())
+    return (f"**λ:** best loss.lam = {fmt(best[LAMBDA])} by mean validation accuracy ({pct(best, VAL)}; "
+            f"test {pct(best, TEST)}). Clean test accuracy per λ (best other settings): {curve}.")
+
+
+def answer_losses(summary, varied) -> str:
+    if LOSS not in varied:
+        return "**Balanced vs imbalanced:** not enough data: the sweep did not vary the loss type."
+    best = best_per(summary, [LOSS]).set_index(LOSS, drop=False)
+    others = [k for k in varied if k not in (SEED, LOSS)]
+    listing = "; ".join(f"{name} ({describe(r, others)}): test {pct(r, TEST)}" for name, r in best.iterrows())
+    text = f"**Loss types** (best setting of each by validation accuracy): {listing}."
+    if not {"balanced", "imbalanced"} <= set(best.index):
+        return text + " Balanced vs imbalanced: not enough data (both are needed)."
+    b, i = best.loc["balanced"], best.loc["imbalanced"]
+    diff = 100 * (b[f"{TEST}_mean"] - i[f"{TEST}_mean"])
+    stds = (b[f"{TEST}_std"], i[f"{TEST}_std"])
+    leader = "balanced" if diff > 0 else "imbalanced"
+    if any(std != std for std in stds):
+        verdict = (f"{leader} is ahead by {abs(diff):.2f} points, but on a single seed: "
+                   "not enough data to compare with the seed spread")
+    elif abs(diff) > 100 * sum(stds):
+        verdict = (f"{leader} is ahead by {abs(diff):.2f} points, more than the seed spread "
+                   f"(std {100 * stds[0]:.2f} and {100 * stds[1]:.2f})")
+    else:
+        verdict = (f"no clear winner: the difference ({diff:+.2f} points) is within the seed spread "
+                   f"(std {100 * stds[0]:.2f} and {100 * stds[1]:.2f})")
+    matched = matched_comparison(summary, varied)
+    return f"{text} **Does balanced beat imbalanced?** {verdict}.{matched}"
+
+
+def matched_comparison(summary, varied) -> str:
+    """Balanced (best λ) minus imbalanced at each setting both ran (e.g. each lr and pool size)."""
+    shared = [k for k in varied if k not in (SEED, LOSS, LAMBDA)]
+    if not shared:
+        return ""
+    best = best_per(summary[summary[LOSS].isin(["balanced", "imbalanced"])], [*shared, LOSS])
+    pairs = best.pivot_table(index=shared, columns=LOSS, values=f"{TEST}_mean", dropna=False).dropna()
+    if pairs.empty or not {"balanced", "imbalanced"} <= set(pairs.columns):
+        return ""
+    diffs = 100 * (pairs["balanced"] - pairs["imbalanced"])
+    return (f" At matched {', '.join(shared)}, balanced (best λ) is ahead at {(diffs > 0).sum()} of {len(diffs)} "
+            f"settings, mean difference {diffs.mean():+.2f} points (range {diffs.min():+.2f} to {diffs.max():+.2f}).")
+
+
+def answer_pool(summary, varied) -> str:
+    if POOL not in varied:
+        return "**Pool size:** not enough data: the sweep did not vary sampler.pool_size."
+    line = [LOSS] if LOSS in varied else []
+    best = best_per(summary, [*line, POOL])
+    parts = []
+    for name, part in (best.groupby(LOSS, sort=False) if line else [("all", best)]):
+        if part[POOL].nunique() < 2:
+            continue
+        first, last = part.iloc[0], part.iloc[-1]
+        steps = ", ".join(f"{fmt(r[POOL])}: {100 * r[f'{TEST}_mean']:.2f}%" for _, r in part.iterrows())
+        change = 100 * (last[f"{TEST}_mean"] - first[f"{TEST}_mean"])
+        parts.append(f"{name}: {steps} ({change:+.2f} points from {fmt(first[POOL])} to {fmt(last[POOL])} "
+                     f"corrected samples)")
+    if not parts:
+        return "**Pool size:** not enough data: fewer than two pool sizes finished."
+    return "**Pool size** (mean clean test accuracy, best other settings): " + "; ".join(parts) + "."
+
+
+def counts_line(table: pd.DataFrame) -> str:
+    counts = table.status.value_counts()
+    order = ["done", "failed", "running", "interrupted"]
+    return f"{len(table)} jobs: " + ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+
+
+# --- plots --------------------------------------------------------------------
+
+def plot_vs(summary, varied, x: str, metric: str, path: Path, xlabel: str, log_x: bool) -> bool:
+    """Mean ``metric`` over seeds (error bars: std) against ``x``, one line per loss type,
+    each point the best setting (by validation) of the other varied keys."""
+    if x not in varied or summary[x].dropna().nunique() < 2:
+        return False
+    line = [LOSS] if LOSS in varied else []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    with_x = summary[summary[x].notna()]
+    best = best_per(with_x, [*line, x])
+    for name, part in (best.groupby(LOSS, sort=False) if line else [(None, best)]):
+        ax.errorbar(part[x].astype(float), 100 * part[f"{metric}_mean"], yerr=100 * part[f"{metric}_std"].fillna(0),
+                    marker="o", capsize=3, label=name)
+    # Loss types without this setting (the imbalanced loss has no λ): their best as a band.
+    for name, part in (summary[summary[x].isna()].groupby(LOSS, sort=False) if line else []):
+        row = part.sort_values(f"{VAL}_mean", ascending=False).iloc[0]
+        mean, std = 100 * row[f"{metric}_mean"], 100 * (row[f"{metric}_std"] if row[f"{metric}_std"] == row[f"{metric}_std"] else 0)
+        ax.axhline(mean, linestyle="--", color="gray", label=f"{name} (no {x})")
+        ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{LABELS[metric]} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    if line:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_training_curves(job: Job, path: Path) -> bool:
+    history = job.metrics.get("history") or []
+    trained = [h for h in history if "train_loss" in h]
+    if not trained:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [h["epoch"] for h in trained]
+    for key, label in (("train_loss", "train"), ("train_loss_confounded", "train, confounded part"),
+                       ("train_loss_corrected", "train, corrected part"), ("val_loss", "validation")):
+        if all(key in h for h in trained):
+            left.plot(epochs, [h[key] for h in trained], marker=".", label=label)
+    left.set_yscale("log")
+    left.set_ylabel("loss")
+    right.plot([h["epoch"] for h in history], [100 * h["val_accuracy"] for h in history], marker=".",
+               label="validation")
+    if all("train_accuracy" in h for h in trained):
+        right.plot(epochs, [100 * h["train_accuracy"] for h in trained], marker=".", label="train")
+    if job.metrics.get("best_epoch") is not None:
+        right.axvline(job.metrics["best_epoch"], color="gray", linestyle=":", label="best epoch")
+    right.set_ylabel("accuracy %")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"best run: {job.folder.name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# --- the report -----------------------------------------------------------------
+
+def write_report(sweep_dir: Path) -> str:
+    """Write the report files into ``sweep_dir/report/`` and return report.md's text."""
+    sweep_dir = Path(sweep_dir)
+    jobs = find_jobs(sweep_dir)
+    varied = varied_keys(jobs)
+    table = job_table(jobs, varied)
+    summary = summary_table(table, varied)
+    out = sweep_dir / REPORT_DIR
+    out.mkdir(exist_ok=True)
+    table.to_csv(out / "jobs.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+
+    plots = {}
+    if len(summary):
+        plots["val_accuracy_vs_lr.png"] = plot_vs(summary, varied, LR, VAL, out / "val_accuracy_vs_lr.png",
+                                                  "learning rate (trainer.lr)", log_x=True)
+        plots["test_accuracy_vs_lambda.png"] = plot_vs(summary, varied, LAMBDA, TEST, out / "test_accuracy_vs_lambda.png",
+                                                       "λ (loss.lam)", log_x=True)
+        plots["test_accuracy_vs_pool_size.png"] = plot_vs(summary, varied, POOL, TEST,
+                                                          out / "test_accuracy_vs_pool_size.png",
+                                                          "corrected samples (sampler.pool_size)", log_x=True)
+    done = [j for j in jobs if j.status == "done" and j.metrics.get(VAL) is not None]
+    if done:
+        best_job = max(done, key=lambda j: j.metrics[VAL])
+        plots["training_curves_best.png"] = plot_training_curves(best_job, out / "training_curves_best.png")
+
+    # The confounded model is usually the same for every job: one line instead of constant columns.
+    confounded = {c.split(".", 1)[1]: table[c].dropna().unique() for c in table if c.startswith("confounded.")}
+    same = {name: float(values[0]) for name, values in confounded.items() if len(values) == 1}
+    shown = table.drop(columns=["seconds", *[f"confounded.{name}" for name in same]])
+    shown["job"] = [n if n != float("inf") else name for n, name in map(job_number, (j.folder for j in jobs))]
+    lines = [f"# Sweep report: {sweep_dir}", "", counts_line(table) + ".", ""]
+    if settings_line(jobs):
+        lines += [f"Shared by all finished jobs: {settings_line(jobs)}.", ""]
+    if same:
+        lines += ["Confounded model (start of every job): " + ", ".join(
+            f"{LABELS[name].removesuffix(' %')} {fmt(value, name)}{'%' if name.endswith('accuracy') else ''}"
+            for name, value in same.items()) + ".", ""]
+    optuna_file = sweep_dir / "optimization_results.yaml"
+    if optuna_file.exists():
+        lines += [f"Optuna: {yaml.safe_load(optuna_file.read_text())}", ""]
+    lines += ["## Jobs", "", markdown(shown), "",
+              "## Over seeds (mean ± std, n = finished seeds)", "",
+              summary_markdown(summary, varied) if len(summary) else "No finished jobs yet.", "",
+              "## Answers", ""]
+    if len(summary):
+        lines += [f"- {answer(summary, varied)}" for answer in (answer_lr, answer_lambda, answer_losses, answer_pool)]
+    else:
+        lines += ["- Not enough data: no job has finished."]
+    made = [name for name, ok in plots.items() if ok]
+    lines += ["", f"Files in {out}: jobs.csv, summary.csv" + "".join(f", {name}" for name in made) + "."]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xilsweep.report",
+                                     description="Tables, plots and answers from a sweep folder.")
+    parser.add_argument("sweep_dir", type=Path, help="e.g. outputs/multirun/2026-01-01/12-00-00")
+    args = parser.parse_args(argv)
+    try:
+        text = write_report(args.sweep_dir)
+    except NotASweepError as e:
+        print(f"xilsweep.report: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
