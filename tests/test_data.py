@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from xilsweep.data import CONFOUNDED_CLASS, Confounder, ConfoundedMNIST08, Split
@@ -79,3 +80,38 @@ def test_split_survives_the_file_round_trip(data, tmp_path):
     back = Split.from_file(payload)
     assert meta == {"v": 1}
     assert torch.equal(back.targets, data.val.targets) and torch.allclose(back.x, data.val.x)
+
+
+def test_failed_download_is_one_clear_error(monkeypatch, tmp_path):
+    import torchvision.datasets
+
+    from xilsweep.data import load_mnist
+    from xilsweep.errors import DataError
+
+    class Offline:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\n"
+                               "<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    with pytest.raises(DataError) as err:
+        load_mnist(tmp_path / "full", train=True, download=True)
+    message = str(err.value)
+    assert "\n" not in message and "could not download MNIST" in message and "data=mnist08" in message
+
+
+def test_missing_and_corrupt_mnist_files_are_reported(tmp_path, data_root):
+    import shutil
+
+    from xilsweep.data import load_mnist
+    from xilsweep.errors import DataError
+
+    with pytest.raises(DataError, match="missing MNIST file"):
+        load_mnist(tmp_path, train=True)
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(data_root / "MNIST" / "raw", raw, ignore=shutil.ignore_patterns("*-ubyte"))
+    archive = raw / "t10k-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:5000])
+    with pytest.raises(DataError, match="corrupt MNIST file"):
+        load_mnist(tmp_path, train=False)
+    assert not (raw / "t10k-images-idx3-ubyte").exists()

@@ -3,6 +3,7 @@ explainers on briefly trained models, the per-epoch TensorBoard record, and
 ``python -m xilsweep.explain``."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -56,15 +57,16 @@ def test_dot_flip_rate_counts_correct_clean_predictions_that_dots_turn_into_the_
     assert dot_flip_rate(torch.ones(3, dtype=torch.long), dotted[:3], labels[:3], confounded_class=1) is None
 
 
-def test_overlay_is_rgb_and_shows_the_plain_digit_where_there_is_no_attribution():
+def test_overlay_is_rgb_with_the_dimmed_digit_under_the_heat():
     x = torch.rand(2, 1, 4, 4)
     maps = torch.zeros(2, 1, 4, 4)
-    maps[0, 0, 1, 2] = 5.0
+    maps[0, 0, 1, 2], maps[0, 0, 3, 3] = 5.0, 2.5
     rgb = overlay(x, maps)
     assert rgb.shape == (2, 3, 4, 4)
-    assert torch.equal(rgb[1], x[1].expand(3, -1, -1))  # all-zero map: the grayscale image
-    assert rgb[0, :, 1, 2].tolist() == pytest.approx([0.2 * x[0, 0, 1, 2].item() + 0.8, 0.2 * x[0, 0, 1, 2].item() + 0.8,
-                                                      0.2 * x[0, 0, 1, 2].item()])
+    assert torch.equal(rgb[1], 0.5 * x[1].expand(3, -1, -1))  # all-zero map: the digit at half brightness
+    assert rgb[0, :, 1, 2].tolist() == pytest.approx([1.0, 1.0, 0.0])  # the maximum: yellow
+    gray = 0.5 * x[0, 0, 3, 3].item()
+    assert rgb[0, :, 3, 3].tolist() == pytest.approx([0.5 * gray + 0.5, 0.5 * gray + 0.25, 0.5 * gray])
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +186,13 @@ def test_explain_command_writes_the_views_of_the_corrected_and_the_confounded_mo
     assert confounded.shape[1:] == (4 * 32, 4 * 242)  # one row of 8, enlarged 4x (the default)
 
 
-def test_explain_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+def test_explain_command_refuses_a_folder_that_is_not_a_run_and_a_run_without_weights(finished_job, tmp_path,
+                                                                                      capsys):
     assert explain_main([str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert f"{tmp_path} is not a run folder (no .hydra/config.yaml)" in err and "Traceback" not in err
+    assert f"{tmp_path} is not a run folder (no .hydra/config.yaml)" in capsys.readouterr().err
+    shutil.copytree(finished_job / ".hydra", tmp_path / "job" / ".hydra")
+    assert explain_main([str(tmp_path / "job")]) == 2
+    assert "model.pth is missing" in capsys.readouterr().err
+    (tmp_path / "job" / "model.pth").write_bytes(b"not a model")
+    assert explain_main([str(tmp_path / "job")]) == 2
+    assert "model.pth is unreadable" in capsys.readouterr().err

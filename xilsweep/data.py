@@ -187,9 +187,10 @@ def load_mnist(root: Path, train: bool, download: bool = False):
         try:
             MNIST(str(root), train=train, download=True)
         except Exception as e:  # torchvision raises RuntimeError/URLError/OSError
+            detail = " ".join(str(e).split())  # torchvision's message spans several lines
             raise DataError(
-                f"could not download MNIST into {raw_dir} ({type(e).__name__}: {e}); "
-                "without internet use data=mnist08 (the bundled subset)"
+                f"could not download MNIST into {raw_dir} ({detail}); without internet use "
+                f"data=mnist08 (the bundled subset), or put the four MNIST .gz files into {raw_dir}"
             ) from e
     image_file, label_file = (_extract(raw_dir, name) for name in MNIST_FILES[train])
     try:

@@ -48,9 +48,8 @@ def run_config(run_dir: Path, explainer: str | None = None) -> DictConfig:
     if explainer is not None:
         overrides.append(f"explainer={explainer}")
         saved.pop("explainer", None)
-    # version_base as in xilsweep.run's @hydra.main, so the same overrides compose the same config
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.1"):
+    try:  # composed as xilsweep.run's @hydra.main composes it (Hydra's current behaviour)
+        with initialize_config_dir(config_dir=str(CONF_DIR)):
             cfg = compose("config", overrides=overrides)
     except HydraException as e:
         raise ConfigError(f"{run_dir}: the run's overrides {overrides} do not compose: {e}") from None
@@ -87,8 +86,12 @@ def write_explanations(run_dir: Path, confounded: bool = False, explainer: str |
     if not model_file.is_file():
         raise DataError(f"{model_file} is missing (the run ended early or had save_model=false); "
                         "--confounded explains the run's confounded model without it")
+    try:
+        state = torch.load(model_file, map_location=job.trainer.device, weights_only=True)
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        raise DataError(f"{model_file} is unreadable (truncated or corrupt): {type(e).__name__}") from e
     before = copy.deepcopy(job.model)
-    load_weights(job.model, torch.load(model_file, map_location=job.trainer.device, weights_only=True), model_file)
+    load_weights(job.model, state, model_file)
     shown = job.explainer.views(job.model, views)
     written = [save_grid(x, out / f"{name}.png", 8, scale) for name, x in shown.items()]
     examples = dotted_examples(job.data, job.confounded_class, 16)

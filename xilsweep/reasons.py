@@ -27,6 +27,9 @@ REASON_TAGS = {
     "test_dotted_accuracy": "Accuracy/test_dotted",
 }
 THRESHOLD_RULES = ("mean",)
+# Images per forward/backward pass: batched, and small enough for the CPU caches (on the
+# default CNN 256 is about 1.7x faster per image than 1000) and for memory on large test sets.
+CHUNK = 256
 
 
 def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
@@ -75,21 +78,22 @@ def dot_flip_rate(clean_pred: torch.Tensor, dotted_pred: torch.Tensor, labels: t
     return (dotted_pred[eligible] == confounded_class).float().mean().item()
 
 
-def overlay(x: torch.Tensor, maps: torch.Tensor, strength: float = 0.8) -> torch.Tensor:
-    """RGB images [N, 3, H, W]: the grayscale input with the map (scaled to its
-    maximum per image) on top, from red (weak) to yellow (strong)."""
+def overlay(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """RGB images [N, 3, H, W]: the grayscale input at half brightness (so the
+    heat stands out against white ink and dots) blended with the map, scaled to
+    its maximum per image, from dark red (weak) to yellow (strongest)."""
     heat = maps / _per_image_max(maps).clamp_min(torch.finfo(maps.dtype).tiny)
-    gray = x.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    gray = 0.5 * x.mean(1, keepdim=True).expand(-1, 3, -1, -1)
     colour = torch.cat([torch.ones_like(heat), heat, torch.zeros_like(heat)], dim=1)
-    alpha = strength * heat
-    return gray * (1 - alpha) + colour * alpha
+    return gray * (1 - heat) + colour * heat
 
 
 def view_images(data: XILData, corrected: Split, original: Split, confounded_class: int | None,
-                n: int = 32) -> dict[str, torch.Tensor]:
-    """The images shown with explanations: the user-corrected samples, the same
-    samples with their dots, and clean test images of the confounded class and
-    of the others (of every class when the data has no confounded class)."""
+                n: int = 16) -> dict[str, torch.Tensor]:
+    """Up to ``n`` images per view shown with explanations: the user-corrected
+    samples, the same samples with their dots, and clean test images of the
+    confounded class and of the others (of every class when there is no
+    confounded class). 16 per view keep the per-epoch grids at about 90 kB."""
     c, test = confounded_class, data.test
     views = {"corrected_samples": corrected.x[:n], "corrected_original": original.x[:n]}
     if c is None:
@@ -128,9 +132,9 @@ class Explainer:
         """Non-negative maps [N, 1, H, W] for ``target`` (default: the predicted class)."""
         device = next(model.parameters()).device
         x = x.to(device)
-        target = predict_logits(model, x).argmax(1) if target is None else target.to(device)
+        target = predict_logits(model, x, CHUNK).argmax(1) if target is None else target.to(device)
         model.eval()  # explanations of the deployed model: no dropout
-        return self._maps(model, x, target).detach()
+        return torch.cat([self._maps(model, xc, tc).detach() for xc, tc in zip(x.split(CHUNK), target.split(CHUNK))])
 
     def views(self, model: torch.nn.Module, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Overlays of each named image batch with its explanation (one batched pass)."""
@@ -150,13 +154,13 @@ class Explainer:
         device = next(model.parameters()).device
         dotted = data.test_dotted.to(device)
         labels, c = dotted.labels, confounded_class
-        dotted_pred = predict_logits(model, dotted.x).argmax(1)
+        dotted_pred = predict_logits(model, dotted.x, CHUNK).argmax(1)
         has_dots = dotted.mask.flatten(1).any(1)
         result = {"test_dotted_accuracy": (dotted_pred == labels).float().mean().item(), "dot_flip_rate": None,
                   "attribution_in_mask": None, "wrong_reason_score": None}
         if c is not None:
             others = has_dots & (labels != c)  # test_dotted is the clean test set plus dots, image for image
-            clean_pred = predict_logits(model, data.test.x[others.cpu()].to(device)).argmax(1)
+            clean_pred = predict_logits(model, data.test.x[others.cpu()].to(device), CHUNK).argmax(1)
             result["dot_flip_rate"] = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], c)
         explained = torch.nonzero(has_dots & (labels == c) if c is not None else has_dots).flatten()
         explained = explained[: self.n_images]

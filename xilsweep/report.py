@@ -16,6 +16,7 @@ empty.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import socket
@@ -72,6 +73,8 @@ def read_overrides(folder: Path, metrics: dict) -> dict:
     """``key -> value`` of the job's Hydra overrides (``+key`` as ``key``; deletions skipped)."""
     path = folder / ".hydra" / "overrides.yaml"
     lines = yaml.safe_load(path.read_text()) if path.exists() else metrics.get("overrides")
+    if isinstance(lines, str):  # older metrics.json files hold the list as its text
+        lines = ast.literal_eval(lines)
     overrides = {}
     for line in lines or []:
         key, _, value = str(line).partition("=")
@@ -324,14 +327,14 @@ def answer_pool(summary, varied) -> str:
     line = [LOSS] if LOSS in varied else []
     best = best_per(summary, [*line, POOL])
     parts = []
-    for name, part in (best.groupby(LOSS, sort=False) if line else [("all", best)]):
+    for name, part in (best.groupby(LOSS, sort=False) if line else [(None, best)]):
         if part[POOL].nunique() < 2:
             continue
         first, last = part.iloc[0], part.iloc[-1]
         steps = ", ".join(f"{fmt(r[POOL])}: {100 * r[f'{TEST}_mean']:.2f}%" for _, r in part.iterrows())
         change = 100 * (last[f"{TEST}_mean"] - first[f"{TEST}_mean"])
-        parts.append(f"{name}: {steps} ({change:+.2f} points from {fmt(first[POOL])} to {fmt(last[POOL])} "
-                     f"corrected samples)")
+        parts.append(f"{name + ': ' if name else ''}{steps} ({change:+.2f} points from {fmt(first[POOL])} "
+                     f"to {fmt(last[POOL])} corrected samples)")
     if not parts:
         return "**Pool size:** not enough data: fewer than two pool sizes finished."
     return "**Pool size** (mean clean test accuracy, best other settings): " + "; ".join(parts) + "."

@@ -172,7 +172,7 @@ def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dic
               "torch_threads": torch.get_num_threads(),  # 1 per job under hydra/launcher=parallel
               "run_name": name, "version": xilsweep.__version__,
               "settings": settings, "config": OmegaConf.to_container(cfg, resolve=True),
-              "overrides": HydraConfig.get().overrides.task if HydraConfig.initialized() else [],
+              "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
               "data_key": job.data.key, "data_hash": job.data.content_hash,
               "confounded": job.confounded}
     write_metrics(out_dir, record)  # "running" until replaced; pid and host tell a killed job apart

@@ -1,0 +1,136 @@
+"""The guide's four experiments, the xilsweep sweeper, Optuna and the launcher
+presets: configs composed in-process, sweeps run as real multiruns on tiny
+settings (lr_search and full_grid_search run in test_report.py, whose report
+is built from them)."""
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, TINY
+from hydra_plugins.xilsweep_sweeper.xilsweep_sweeper import applicable_jobs
+from xilsweep.report import find_jobs
+
+CONF = REPO / "conf"
+EXPERIMENTS = ("overfit_test", "lr_search", "lambda_search", "full_grid_search")
+# Tiny jobs of one epoch; the explanation metrics on a few images only.
+FAST = [*TINY, "trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
+
+
+def experiment_config(name: str, overrides=()):
+    with initialize_config_dir(config_dir=str(CONF)):
+        return compose("config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True)
+
+
+def sweep_values(cfg) -> dict[str, list[str]]:
+    """The experiment's swept settings: key -> values, as Hydra expands them."""
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+    return {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed}
+
+
+def run_sweep(xilsweep_cli, tmp_path: Path, data_root, args: list[str], name: str):
+    out = tmp_path / name
+    result = xilsweep_cli(["-m", *FAST, f"data.root={data_root}", *args, f"hydra.sweep.dir={out}"], tmp_path)
+    return result, out
+
+
+def job_metrics(out: Path) -> list[dict]:
+    folders = sorted((p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: int(p.name.split("_")[0]))
+    return [json.loads((p / "metrics.json").read_text()) for p in folders]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_sweeps_seeds_with_the_xilsweep_sweeper(name):
+    cfg = experiment_config(name)
+    assert cfg.hydra.sweeper._target_.endswith("XilSweeper")
+    seeds = sweep_values(cfg)["seed"]
+    assert len(set(seeds)) >= (3 if name in ("lambda_search", "full_grid_search") else 2)
+
+
+def test_experiments_hold_the_guides_settings(data):
+    overfit, lr, lam, grid = (experiment_config(n) for n in EXPERIMENTS)
+    assert overfit.data.n_train == 100 and overfit.trainer.patience >= overfit.trainer.max_epochs
+    assert lr.data.n_train == 1000
+    assert [float(v) for v in sweep_values(lr)["trainer.lr"]] == [0.1, 0.07, 0.05, 0.01, 0.007, 0.005, 0.001, 0.0001]
+    assert lam.hydra.runtime.choices.loss == "balanced"
+    assert [float(v) for v in sweep_values(lam)["loss.lam"]] == [0.1, 0.5, 1, 2, 5, 10]
+    assert experiment_config("lambda_search", ["best_lr=0.007"]).trainer.lr == 0.007
+    grid_values = sweep_values(grid)
+    assert grid.data.n_train is None and set(grid_values["loss"]) == {"balanced", "imbalanced"}
+    assert len(grid_values["trainer.lr"]) >= 2 and len(grid_values["loss.lam"]) >= 2
+    dotted_eights = int(((data.train.labels == 1) & data.train.mask.flatten(1).any(1)).sum())
+    assert max(int(v) for v in grid_values["sampler.pool_size"]) == dotted_eights  # as large as the data allows
+
+
+def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
+    cfg = experiment_config("full_grid_search")
+    values = sweep_values(cfg)
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    overrides = OverridesParser.create().parse_overrides([*params, "experiment=full_grid_search", "loss.lamda=3"])
+    combinations = BasicSweeper.split_arguments(overrides, None)[0]
+    with initialize_config_dir(config_dir=str(CONF)):
+        jobs = applicable_jobs(combinations, overrides, is_group=lambda key: (CONF / key).is_dir(),
+                               compose=lambda choices: compose("config", overrides=choices))
+    n = {k: len(v) for k, v in values.items()}
+    per_loss = n["trainer.lr"] * n["sampler.pool_size"] * n["seed"]
+    assert len(jobs) == per_loss * n["loss.lam"] + per_loss  # balanced x lambda, imbalanced once
+    assert len({tuple(job) for job in jobs}) == len(jobs)
+    imbalanced = [job for job in jobs if "loss=imbalanced" in job]
+    assert len(imbalanced) == per_loss and not any(e.startswith("loss.lam=") for job in imbalanced for e in job)
+    assert all("loss.lamda=3" in job for job in jobs)  # a key no option has is kept: Hydra reports the typo
+
+
+def test_overfit_test_fits_100_samples(xilsweep_cli, data_root, tmp_path):
+    result, out = run_sweep(xilsweep_cli, tmp_path, data_root,
+                            ["experiment=overfit_test", "data.n_train=100", "sampler.pool_size=20",
+                             "trainer.max_epochs=10", "trainer.patience=10", "seed=0"], "overfit")
+    assert result.returncode == 0, result.stderr[-2000:]
+    [metrics] = job_metrics(out)
+    trained = metrics["history"][1:]
+    assert metrics["status"] == "done" and metrics["settings"]["n_train"] == 100
+    assert len(trained) == 10  # no early stopping
+    assert trained[-1]["train_loss"] < trained[0]["train_loss"] / 5
+    assert max(h["train_accuracy"] for h in trained[-5:]) >= 0.99
+    [folder] = [p for p in out.iterdir() if p.is_dir()]
+    events = EventAccumulator(str(folder), size_guidance={"images": 0})
+    events.Reload()
+    assert {"Images/confounded_samples", "Images/corrected_samples"} <= set(events.Tags()["images"])
+
+
+def test_lambda_search_on_the_submitit_local_launcher(xilsweep_cli, data_root, tmp_path):
+    result, out = run_sweep(xilsweep_cli, tmp_path, data_root,
+                            ["experiment=lambda_search", "best_lr=0.005", "loss.lam=0.5,2", "seed=0",
+                             "hydra/launcher=local", "trainer.num_threads=null"], "lambda")
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = job_metrics(out)
+    assert [(m["settings"]["lambda"], m["settings"]["lr"]) for m in runs] == [(0.5, 0.005), (2.0, 0.005)]
+    assert all(m["status"] == "done" and m["torch_threads"] == 1 for m in runs)
+    assert len({m["pid"] for m in runs}) == 2 and (out / ".submitit").is_dir()  # a process per job
+
+
+def test_optuna_study_resumes_from_sqlite_and_records_failed_trials(xilsweep_cli, data_root, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna_args = ["hparams_search=lambda_optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_jobs=1"]
+    result, first = run_sweep(xilsweep_cli, tmp_path, data_root, [*optuna_args, "hydra.sweeper.n_trials=1"], "optuna1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = optuna.load_study(study_name="xil_lambda", storage=storage)
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and 0.01 <= trial.params["loss.lam"] <= 100
+    assert trial.value == job_metrics(first)[0]["best_val_accuracy"]
+    # A second call adds trials to the same study; here each one fails (NaN loss) and the study goes on.
+    result, second = run_sweep(xilsweep_cli, tmp_path, data_root,
+                               [*optuna_args, "hydra.sweeper.n_trials=2", "trainer.optimizer=sgd", "trainer.lr=1e12"],
+                               "optuna2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = optuna.load_study(study_name="xil_lambda", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.FAIL] * 2
+    jobs = find_jobs(second)
+    assert [j.status for j in jobs] == ["failed", "failed"]
+    assert all("training loss became" in j.reason for j in jobs)
