@@ -9,8 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY, run_xilsweep
-from xilsweep.report import find_jobs, write_report
+from conftest import TINY, run_xilsweep
+from xilsweep.report import find_jobs, main as report_main, write_report
 
 FAST = [*TINY, "trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
 PLOTS = ("val_accuracy_vs_lr.png", "test_accuracy_vs_lambda.png", "test_accuracy_vs_pool_size.png",
@@ -145,7 +145,8 @@ def test_report_reads_older_interrupted_and_running_jobs(grid_sweep, tmp_path):
     (no_record / "run.log").write_text("[2026-01-01 00:00:00,000][xilsweep][INFO] - fine-tuning\n")
     write_report(sweep)
     jobs = pd.read_csv(sweep / "report" / "jobs.csv")
-    assert list(jobs.status) == ["done", "interrupted", "running", "running"]
+    assert list(jobs.status) == ["done", "failed", "running", "running"]
+    assert jobs.reason[1].startswith(f"killed: process {dead.pid}")
     assert "attribution_in_mask" in jobs.columns and pd.isna(jobs.attribution_in_mask[0])
     for path in [older, killed]:
         (path / "metrics.json").write_text(json.dumps({k: v for k, v in json.loads(
@@ -153,12 +154,12 @@ def test_report_reads_older_interrupted_and_running_jobs(grid_sweep, tmp_path):
                                                                       "wrong_reason_score", "confounded")}))
     write_report(sweep)
     assert "attribution_in_mask" not in pd.read_csv(sweep / "report" / "jobs.csv").columns
-    assert [j.status for j in find_jobs(sweep)] == ["done", "interrupted", "running", "running"]
+    assert [j.status for j in find_jobs(sweep)] == ["done", "failed", "running", "running"]
 
 
-def test_not_a_sweep_folder_is_one_line_and_a_nonzero_exit(grid_sweep, tmp_path):
+def test_not_a_sweep_folder_is_one_line_and_a_nonzero_exit(grid_sweep, tmp_path, capsys):
     for folder, hint in ((tmp_path, ""), (job_folders(grid_sweep)[0], "single job's folder")):
-        result = subprocess.run([sys.executable, "-m", "xilsweep.report", str(folder)], cwd=REPO,
-                                capture_output=True, text=True)
-        assert result.returncode == 2 and result.stdout == ""
-        assert result.stderr.count("\n") == 1 and "is not a sweep folder" in result.stderr and hint in result.stderr
+        assert report_main([str(folder)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1
+        assert "is not a sweep folder" in err and hint in err

@@ -8,9 +8,10 @@ guide's questions), which is also printed.
 
 The varied settings are the job overrides that differ between jobs. A job's
 status comes from its ``metrics.json`` (done / failed with the reason /
-running); a job without one failed if its ``run.log`` has an ERROR line (a
-bad setting) and is running otherwise. Fields that older runs lack are left
-empty.
+running; "running" from a process that no longer exists on this machine is a
+killed job: failed); a job without one failed if its ``run.log`` has an ERROR
+line (a bad setting) and is running otherwise. Fields that older runs lack
+are left empty.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def read_job(folder: Path) -> Job:
     if metrics:
         status, reason = metrics.get("status", "running"), metrics.get("reason", "")
         if status == "running" and process_gone(metrics):
-            status, reason = "interrupted", f"process {metrics['pid']} on {metrics['host']} ended without a result"
+            status, reason = "failed", f"killed: process {metrics['pid']} on {metrics['host']} ended without a result"
     else:
         error = logged_error(folder)
         status, reason = ("failed", error) if error else ("running", "")
@@ -342,7 +343,7 @@ def answer_pool(summary, varied) -> str:
 
 def counts_line(table: pd.DataFrame) -> str:
     counts = table.status.value_counts()
-    order = ["done", "failed", "running", "interrupted"]
+    order = ["done", "failed", "running"]
     return f"{len(table)} jobs: " + ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
 
 
