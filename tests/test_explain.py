@@ -103,7 +103,7 @@ def test_a_confounded_model_flips_dotted_zeros_and_its_saliency_sits_on_the_dots
     cam = GradCAM(n_images=300).reasons(confounded, data, CONFOUNDED_CLASS)
     assert 0 < cam["attribution_in_mask"] < 1 and 0 < cam["wrong_reason_score"] <= 100
     assert cam["dot_flip_rate"] == before["dot_flip_rate"]
-    # without a confounded class there is no flip rate, and every dotted test image is explained
+    # without a confounded class there is no flip rate, and dotted test images of every class are explained
     spread = saliency.reasons(confounded, data, None)
     assert spread["dot_flip_rate"] is None and spread["attribution_in_mask"] != before["attribution_in_mask"]
 

@@ -115,9 +115,8 @@ class CorrectedCrossEntropyCMP(cooper.ConstrainedMinimizationProblem):
 
 class LagrangianLoss(XILLoss):
     """Minimise CE(confounded) subject to CE(corrected) <= eps, by gradient
-    descent on the model and projected gradient ascent on the multiplier
-    (cooper's alternating dual-primal optimiser: the dual step first, then the
-    primal step with the updated multiplier, at the cost of one forward pass).
+    descent on the model and projected gradient ascent (SGD, ``dual_lr``) on
+    the multiplier; the update itself is ``PrimalDualStep``.
 
     ``total`` is the Lagrangian ``CE(confounded) + multiplier * (CE(corrected) - eps)``.
     """
@@ -159,9 +158,9 @@ class LagrangianLoss(XILLoss):
 class PrimalDualStep:
     """The update ``train_one_epoch`` runs for the Lagrangian loss: one
     ``roll`` of cooper's AlternatingDualPrimalOptimizer (forward pass, dual
-    step projected to multiplier >= 0, primal step). Cooper's docs: alternating
-    updates converge better than simultaneous ones, and dual-first costs no
-    extra forward pass."""
+    step projected to multiplier >= 0, then the primal step with the updated
+    multiplier). Cooper's docs: alternating updates converge better than
+    simultaneous ones, and the dual-first order costs no extra forward pass."""
 
     def __init__(self, loss: LagrangianLoss, primal, grad_clip: float | None = None):
         self.loss = loss

@@ -204,15 +204,19 @@ def best_per(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 # --- formatting -------------------------------------------------------------
 
-def fmt(value, column: str = "") -> str:
+def fmt(value, column: str = "", magnitude: float | None = None) -> str:
+    """A table cell: accuracies in percent, other metrics with 3 decimals (1 from
+    10 up, judged by ``magnitude`` when given: a std follows its mean), settings as written."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
-    if isinstance(value, float):
-        if column.endswith("accuracy") or column.endswith("accuracy_mean") or column.endswith("accuracy_std"):
-            return f"{100 * value:.2f}"
-        return f"{value:.3g}" if column in OPTIONAL_METRICS or "_mean" in column or "_std" in column \
-            else f"{value:g}"
-    return str(value)
+    if not isinstance(value, float):
+        return str(value)
+    metric = column.removeprefix("confounded.")
+    if metric.endswith("accuracy"):
+        return f"{100 * value:.2f}"
+    if metric in METRICS:
+        return f"{value:.{3 if abs(value if magnitude is None else magnitude) < 10 else 1}f}"
+    return f"{value:g}"
 
 
 def pct(row, metric: str) -> str:
@@ -237,7 +241,7 @@ def summary_markdown(summary: pd.DataFrame, varied: list[str]) -> str:
     for metric in METRICS:
         if f"{metric}_mean" in summary:
             shown[LABELS[metric]] = [
-                f"{fmt(m, metric)} ± {fmt(s, metric)}" if s == s else fmt(m, metric)
+                f"{fmt(m, metric)} ± {fmt(s, metric, magnitude=m)}" if s == s else fmt(m, metric)
                 for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
     return markdown(shown)
 

@@ -122,6 +122,7 @@ def prepare(cfg: DictConfig) -> Job:
     data_spec = attempt("data")
     if problems:
         raise ConfigError("\n".join(problems))
+    seed_everything(cfg.seed)
     trainer.apply_threads()
     model_settings = OmegaConf.to_container(cfg.model, resolve=True)
     try:
@@ -262,7 +263,6 @@ def run_job(cfg: DictConfig, out_dir: Path) -> float:
     done = finished_objective(cfg, out_dir)
     if done is not None:
         return done
-    seed_everything(cfg.seed)
     job = prepare(cfg)
     name = out_dir.name
     log.info("confounded model: train accuracy %.2f%%, clean test accuracy %.2f%% (%s)",

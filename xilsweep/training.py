@@ -8,6 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +53,13 @@ def train_one_epoch(model, data: Split, batches, k: int, loss_fn: XILLoss, optim
         hits = (logits.detach().argmax(dim=1) == as_labels(targets)).sum()
         sums += torch.stack([total.detach(), confounded.detach(), corrected.detach(), hits.float()])
         n_seen += len(index)
-    total, confounded, corrected, hits = sums.tolist()  # one device sync per epoch
-    n_batches = max(len(batches), 1)
+    return epoch_means(sums.tolist(), len(batches), n_seen)  # one device sync per epoch
+
+
+def epoch_means(sums: list[float], n_batches: int, n_seen: int) -> dict:
+    """Epoch metrics from summed (total, confounded, corrected, hits); raises on a non-finite loss."""
+    total, confounded, corrected, hits = sums
+    n_batches = max(n_batches, 1)
     if not math.isfinite(total):
         raise NonFiniteLossError(
             f"training loss became {total}: lower trainer.lr or set trainer.grad_clip (e.g. 1.0)")
@@ -134,15 +140,20 @@ def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampl
         if score > best:
             best, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
+        if on_epoch:  # before the checkpoint: a job killed in between redoes (and re-logs) this epoch
+            on_epoch(epoch, metrics)
         if checkpoint:
             atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "loss": loss_fn.state_dict(), "rng": torch.get_rng_state(), "best": list(best),
                                "best_epoch": best_epoch, "best_model": best_state, "history": history},
                               checkpoint)
-        if on_epoch:
-            on_epoch(epoch, metrics)
     model.load_state_dict(best_state)
     return FitResult(best_epoch, best[0], epoch, history, stopped_early=epoch < max_epochs)
+
+
+# What Trainer.fit calls. The ensemble launcher (hydra/launcher=ensemble) sets it in the
+# jobs it runs, to train them together: a drop-in with fit_until_early_stopping's signature.
+fit_runner: ContextVar[Callable[..., FitResult]] = ContextVar("fit_runner", default=fit_until_early_stopping)
 
 
 class Trainer:
@@ -173,9 +184,15 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         require(isinstance(resume, bool), "resume", resume, "true or false")
         self.resume = resume
+        # Channels-last convolutions and max-pooling measured faster on the CPU (see README, "Speed").
+        self.memory_format = torch.channels_last
 
     def apply_threads(self) -> None:
         torch.set_num_threads(self.num_threads)
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` (in place) on the device, in the memory format training uses."""
+        return model.to(self.device, memory_format=self.memory_format)
 
     def make_optimizer(self, params, lr: float | None = None):
         lr = self.lr if lr is None else lr
@@ -185,14 +202,14 @@ class Trainer:
 
     def fit(self, model, train: Split, pool: Split, val: Split, sampler, loss_fn, on_epoch=None,
             checkpoint: Path | None = None) -> FitResult:
-        model.to(self.device)
-        return fit_until_early_stopping(
+        self.place(model)
+        return fit_runner.get()(
             model, train.to(self.device), pool.to(self.device), val.to(self.device), sampler,
             loss_fn.to(self.device), self.make_optimizer(model.parameters()), self.max_epochs,
             self.patience, self.grad_clip, self.eval_batch_size, on_epoch, checkpoint, self.resume)
 
     def evaluate(self, model, split: Split) -> dict:
-        return evaluate(model.to(self.device), split.to(self.device), self.eval_batch_size)
+        return evaluate(self.place(model), split.to(self.device), self.eval_batch_size)
 
 
 def train_confounded(model, train: Split, trainer: Trainer, epochs: int, lr: float, batch_size: int,
@@ -200,7 +217,7 @@ def train_confounded(model, train: Split, trainer: Trainer, epochs: int, lr: flo
     """Plain cross-entropy on the confounded training split for a fixed number
     of epochs (no validation-based stopping: the clean validation set must not
     steer the model away from the shortcut)."""
-    model.to(trainer.device)
+    trainer.place(model)
     data = train.to(trainer.device)
     sampler = MixedBatchSampler(len(train), batch_size=batch_size, k=0, pool_size=0, seed=seed)
     optimizer = trainer.make_optimizer(model.parameters(), lr=lr)

@@ -1,0 +1,396 @@
+"""Speed benchmark: ``python bench/speed.py [--out bench/results/speed.json] [--tiny]``
+(``make bench``). Not part of the test suite.
+
+One run measures, side by side on the same data, models and batches:
+
+1. training samples/s of xilsweep's loop (``train_one_epoch`` on in-memory
+   tensors, the model placed by ``Trainer``) against a plain reference loop (a
+   ``Dataset`` returning one (image, one-hot) pair per item, a ``DataLoader``
+   with the same batches as its batch sampler, the same model, loss and
+   optimiser); the same loop with the other memory format; a vectorised
+   ensemble of 8 (per member); evaluation at several batch sizes;
+2. achieved GFLOP/s of training and evaluation (convolution and linear FLOPs
+   counted by ``torch.utils.flop_counter``) against a matrix-product ceiling
+   (``torch.mm`` of large fp32 matrices) measured between the epochs;
+3. jobs per hour of a small sweep run as one job per process, as parallel
+   processes with one thread each (joblib), in one process (Hydra's basic
+   launcher) and as a vectorised ensemble (``hydra/launcher=ensemble``), with
+   the peak memory of the largest process;
+4. the wall time of a 100-job lambda_search-style sweep.
+
+Every figure is the best of interleaved repeats (the machine is shared); the
+ratios compare variants measured in the same rounds. Prints a Markdown table
+and writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from xilsweep.correction import UserCorrectedDataset  # noqa: E402
+from xilsweep.ensemble import FitRequest, fit_ensemble  # noqa: E402
+from xilsweep.run import build  # noqa: E402
+from xilsweep.sampling import create_is_user_corrected_mask  # noqa: E402
+from xilsweep.training import concat, evaluate, train_one_epoch  # noqa: E402
+
+MODELS = ("cnn", "cnn_examples", "lenet")
+FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
+EVAL_BATCH_SIZES = (100, 250, 500, 1000, 2000)
+SWEEP_MODES = ("per_process", "parallel", "in_process", "ensemble")
+ENSEMBLE_SIZE = 8
+LAMBDAS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+TINY = ["data.n_train=300", "sampler.pool_size=10", "trainer.max_epochs=2", "pretrain.epochs=1"]
+
+
+def config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        return compose("config", overrides=overrides)
+
+
+def best_seconds(fn, repeats: int = 1) -> float:
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def matmul_gflops(size: int) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    return 2 * size ** 3 / best_seconds(lambda: torch.mm(a, b), 3) / 1e9
+
+
+class PairDataset(Dataset):
+    """The plain reference: one (image, one-hot target) pair per item."""
+
+    def __init__(self, x: torch.Tensor, targets: torch.Tensor):
+        self.x, self.targets = x, targets
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.targets[i]
+
+
+def reference_epoch(model, loader, k: int, loss_fn, optimizer) -> float:
+    """A plain PyTorch epoch: DataLoader batches, the same loss and optimiser."""
+    model.train()
+    running = 0.0
+    for x, targets in loader:
+        logits = model(x)
+        loss, _, _ = loss_fn(logits, targets, create_is_user_corrected_mask(len(x), k))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+    return running
+
+
+def flops_per_sample(model) -> tuple[float, float]:
+    """(forward, forward + backward) convolution and linear FLOPs of one image."""
+    model = copy.deepcopy(model)
+    x = torch.zeros(1, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return forward, counter.get_total_flops()
+
+
+def loop_section(args) -> list[dict]:
+    """Samples/s and GFLOP/s of the training loops, per model and thread count."""
+    results = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for model_name in args.models:
+            cfg = config([f"model={model_name}", f"data.root={args.data_root}", *args.job_overrides])
+            trainer = build(cfg, "trainer")
+            data = build(cfg, "data").load()
+            sampler = build(cfg, "sampler", n_confounded=len(data.train))
+            loss_fn = build(cfg, "loss")
+            pools = [UserCorrectedDataset(data.train, sampler.pool_size, sampler.correction, seed=s).corrected
+                     for s in range(ENSEMBLE_SIZE)]
+            merged = concat(data.train, pools[0])
+            torch.manual_seed(0)
+            start_model = build(cfg, "model")
+            forward_flops, train_flops = flops_per_sample(start_model)
+
+            def fresh(memory_format=None):
+                model = copy.deepcopy(start_model)
+                model = trainer.place(model) if memory_format is None else model.to(memory_format=memory_format)
+                return model, trainer.make_optimizer(model.parameters())
+
+            loop_model, loop_opt = fresh()
+            other = "contiguous" if trainer.memory_format == torch.channels_last else "channels_last"
+            other_model, other_opt = fresh(FORMATS[other])
+            ref_model, ref_opt = fresh(torch.contiguous_format)
+            timings: dict[str, list[float]] = {}
+            warm_up = sampler.batches(0)[:2]  # first calls build kernels and caches: not timed
+            for model, optimizer in ((loop_model, loop_opt), (other_model, other_opt), (ref_model, ref_opt)):
+                train_one_epoch(model, merged, warm_up, sampler.k, loss_fn, optimizer)
+                evaluate(model, data.val)
+            for epoch in range(args.repeats):
+                batches = sampler.batches(epoch)
+                loader = DataLoader(PairDataset(merged.x, merged.targets), batch_sampler=[b.tolist() for b in batches])
+                n_samples = sum(len(b) for b in batches)
+                runs = {
+                    "ceiling": lambda: matmul_gflops(args.matmul_size),
+                    "xilsweep": lambda: train_one_epoch(loop_model, merged, batches, sampler.k, loss_fn, loop_opt),
+                    "reference": lambda: reference_epoch(ref_model, loader, sampler.k, loss_fn, ref_opt),
+                    f"xilsweep_{other}": lambda: train_one_epoch(other_model, merged, batches, sampler.k, loss_fn,
+                                                                other_opt),
+                }
+                for name, run in runs.items():
+                    if name == "ceiling":
+                        timings.setdefault(name, []).append(run())
+                    else:
+                        timings.setdefault(name, []).append(n_samples / best_seconds(run))
+                for size in EVAL_BATCH_SIZES:
+                    seconds = best_seconds(lambda: evaluate(loop_model, data.test, size))
+                    timings.setdefault(f"eval_{size}", []).append(len(data.test) / seconds)
+            timings["ensemble_member"] = [ensemble_samples_per_second(start_model, trainer, data, pools, cfg,
+                                                                      args.repeats)]
+            ceiling = max(timings["ceiling"])
+            variants = {name: max(values) for name, values in timings.items()}
+            best_eval = max(EVAL_BATCH_SIZES, key=lambda s: variants[f"eval_{s}"])
+            train_gflops = variants["xilsweep"] * train_flops / 1e9
+            eval_gflops = variants[f"eval_{best_eval}"] * forward_flops / 1e9
+            results.append({
+                "threads": threads, "model": model_name, "memory_format": FORMAT_NAMES[trainer.memory_format],
+                "forward_mflop_per_sample": forward_flops / 1e6, "train_mflop_per_sample": train_flops / 1e6,
+                "ceiling_gflops": ceiling, "ceiling_gflops_median": statistics.median(timings["ceiling"]),
+                "samples_per_s": variants, "samples_per_s_all": timings,
+                "loop_vs_reference": variants["xilsweep"] / variants["reference"],
+                "loop_vs_other_format": variants["xilsweep"] / variants[f"xilsweep_{other}"],
+                "other_format": other,
+                "ensemble_member_vs_loop": variants["ensemble_member"] / variants["xilsweep"],
+                "train_gflops": train_gflops, "train_percent_of_ceiling": 100 * train_gflops / ceiling,
+                "eval_batch_size_best": best_eval, "eval_gflops": eval_gflops,
+                "eval_percent_of_ceiling": 100 * eval_gflops / ceiling,
+            })
+            print(f"  loop: {threads} thread(s), {model_name}: {variants['xilsweep']:.0f} samples/s, "
+                  f"{results[-1]['loop_vs_reference']:.2f}x reference, "
+                  f"{results[-1]['train_percent_of_ceiling']:.0f}% of {ceiling:.0f} GFLOP/s", flush=True)
+    return results
+
+
+
+def ensemble_samples_per_second(start_model, trainer, data, pools, cfg, repeats: int) -> float:
+    """Training samples/s per member of a vectorised ensemble (one epoch, different seeds)."""
+    best = 0.0
+    for _ in range(repeats):
+        requests = []
+        for seed, pool in enumerate(pools):
+            model = trainer.place(copy.deepcopy(start_model))
+            sampler = build(cfg, "sampler", n_confounded=len(data.train), seed=seed)
+            requests.append(FitRequest(model, data.train, pool, data.val, sampler, build(cfg, "loss"),
+                                       trainer.make_optimizer(model.parameters()), max_epochs=1, patience=1,
+                                       eval_batch_size=trainer.eval_batch_size))
+        n_samples = len(data.train) + len(requests[0].sampler) * requests[0].sampler.k
+        best = max(best, len(requests) * n_samples / best_seconds(lambda: fit_ensemble(requests)))
+    return best
+
+
+def sweep_grid(n_jobs: int) -> tuple[list[str], list[str]]:
+    """About ``n_jobs`` lambda_search-style jobs: (lambda values, seeds) of the grid."""
+    n_seeds = 1 if n_jobs <= 2 else 2 if n_jobs <= 2 * len(LAMBDAS) else math.ceil(n_jobs / len(LAMBDAS))
+    n_lambdas = min(len(LAMBDAS), math.ceil(n_jobs / n_seeds))
+    return [str(lam) for lam in LAMBDAS[:n_lambdas]], [str(seed) for seed in range(n_seeds)]
+
+
+def sweep_jobs(grid) -> list[list[str]]:
+    """The grid's jobs, in the order Hydra's basic sweeper runs them."""
+    return [[f"loss.lam={lam}", f"seed={seed}"] for lam, seed in itertools.product(*grid)]
+
+
+def sweep_arguments(grid) -> list[str]:
+    lambdas, seeds = grid
+    return [f"loss.lam={','.join(lambdas)}", f"seed={','.join(seeds)}"]
+
+
+def run_measured(command: list[str], cwd: Path, env: dict) -> tuple[float, float, int, str]:
+    """(wall seconds, peak RSS in MB of the largest process of its tree, exit status, output tail)."""
+    began = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        tail = output.read()[-3000:]
+    # wait4's ru_maxrss: the larger of the process and its waited-for descendants, in KiB on Linux
+    return time.perf_counter() - began, usage.ru_maxrss / 1024, process.returncode, tail
+
+
+def finished_jobs(folder: Path) -> int:
+    done = 0
+    for metrics in folder.rglob("metrics.json"):
+        try:
+            done += json.loads(metrics.read_text()).get("status") == "done"
+        except (OSError, ValueError):
+            pass
+    return done
+
+
+def xilsweep_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "xilsweep.run", *arguments]
+
+
+def run_sweep(mode: str, grid, common: list[str], folder: Path, env: dict) -> dict:
+    """Run the grid's jobs one way; wall time, jobs/hour, peak memory, jobs finished."""
+    cwd, jobs = REPO, sweep_jobs(grid)
+    if mode == "per_process":
+        wall, peak, failures = 0.0, 0.0, 0
+        for i, job in enumerate(jobs):
+            seconds, rss, status, tail = run_measured(
+                xilsweep_command(*common, *job, f"hydra.run.dir={folder / str(i)}"), cwd, env)
+            wall, peak, failures = wall + seconds, max(peak, rss), failures + (status != 0)
+            if status:
+                print(tail, file=sys.stderr)
+    else:
+        launcher = {"parallel": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={os.cpu_count()}",
+                                 "hydra.launcher.inner_max_num_threads=1"],
+                    "in_process": [], "ensemble": ["hydra/launcher=ensemble"]}[mode]
+        wall, peak, status, tail = run_measured(
+            xilsweep_command("-m", *launcher, *common, *sweep_arguments(grid), f"hydra.sweep.dir={folder}"), cwd, env)
+        failures = status != 0
+        if status:
+            print(tail, file=sys.stderr)
+    done = finished_jobs(folder)
+    return {"mode": mode, "jobs": len(jobs), "done": done, "seconds": wall, "jobs_per_hour": 3600 * len(jobs) / wall,
+            "peak_rss_mb": peak, "failed_commands": int(failures)}
+
+
+def sweep_section(args, env: dict) -> list[dict]:
+    results = []
+    grid = sweep_grid(args.sweep_jobs)
+    for model_name in args.sweep_models:
+        common = [f"model={model_name}", f"data.root={args.data_root}", *args.job_overrides]
+        # Build the cached data and confounded model first: sweeps reuse them.
+        run_measured(xilsweep_command(*common, f"hydra.run.dir={args.work_dir / 'warm-up' / model_name}"), REPO, env)
+        by_mode = {}
+        for mode in args.modes:
+            by_mode[mode] = run_sweep(mode, grid, common, args.work_dir / model_name / mode, env)
+            print(f"  sweep: {model_name}, {mode}: {by_mode[mode]['seconds']:.1f} s for {by_mode[mode]['jobs']} jobs "
+                  f"({by_mode[mode]['jobs_per_hour']:.0f} jobs/hour)", flush=True)
+        base = by_mode.get("per_process")
+        for result in by_mode.values():
+            result.update(model=model_name, vs_per_process=result["jobs_per_hour"] / base["jobs_per_hour"]
+                          if base else None)
+            results.append(result)
+    return results
+
+
+def full_sweep_section(args, env: dict) -> dict:
+    grid = sweep_grid(args.full_sweep_jobs)
+    common = [f"data.root={args.data_root}", *args.job_overrides]
+    result = run_sweep(args.full_sweep_mode, grid, common, args.work_dir / "full_sweep", env)
+    result["arguments"] = sweep_arguments(grid)
+    print(f"  {result['jobs']}-job sweep ({args.full_sweep_mode}): {result['seconds']:.0f} s", flush=True)
+    return result
+
+
+def table(report: dict) -> str:
+    lines = [f"xilsweep speed benchmark: {report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, "
+             f"load average {report['machine']['load_before']:.1f} before, {report['machine']['load_after']:.1f} after"]
+    if report.get("loop"):
+        lines += ["", "Training loop (samples/s, best of repeats; GFLOP/s vs torch.mm ceiling measured in the same rounds)",
+                  "",
+                  "| threads | model | xilsweep loop | plain reference | ratio | other format | ensemble/member "
+                  "| train GFLOP/s | % ceiling | eval GFLOP/s (batch) | % ceiling | ceiling |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["loop"]:
+            s = r["samples_per_s"]
+            lines.append(
+                f"| {r['threads']} | {r['model']} | {s['xilsweep']:.0f} | {s['reference']:.0f} "
+                f"| {r['loop_vs_reference']:.2f}x | {r['loop_vs_other_format']:.2f}x vs {r['other_format']} "
+                f"| {r['ensemble_member_vs_loop']:.2f}x | {r['train_gflops']:.1f} | {r['train_percent_of_ceiling']:.0f}% "
+                f"| {r['eval_gflops']:.1f} ({r['eval_batch_size_best']}) | {r['eval_percent_of_ceiling']:.0f}% "
+                f"| {r['ceiling_gflops']:.0f} |")
+        lines += ["", "Evaluation samples/s by batch size: " + "; ".join(
+            f"{r['model']} ({r['threads']}t) " + ", ".join(f"{b}: {r['samples_per_s'][f'eval_{b}']:.0f}"
+                                                          for b in EVAL_BATCH_SIZES) for r in report["loop"])]
+    if report.get("sweeps"):
+        lines += ["", "Sweeps (wall time, jobs/hour, peak RSS of the largest process)", "",
+                  "| model | mode | jobs done | seconds | jobs/hour | x one job per process | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["sweeps"]:
+            ratio = f"{r['vs_per_process']:.2f}x" if r["vs_per_process"] else "-"
+            lines.append(f"| {r['model']} | {r['mode']} | {r['done']}/{r['jobs']} | {r['seconds']:.1f} "
+                         f"| {r['jobs_per_hour']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} |")
+    if report.get("full_sweep"):
+        r = report["full_sweep"]
+        lines += ["", f"{r['jobs']}-job lambda_search-style sweep of the default model ({r['mode']}, "
+                      f"{' '.join(r['arguments'])}): {r['done']}/{r['jobs']} done in {r['seconds']:.0f} s "
+                      f"({r['seconds'] / 60:.1f} min)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.json")
+    parser.add_argument("--tiny", action="store_true", help="a quick check on a 300-image subset (for tests)")
+    parser.add_argument("--sections", default="loop,sweeps,full", help="comma-separated: loop, sweeps, full")
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count()}))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the loop measurements")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--sweep-models", nargs="+", default=["cnn", "lenet"], choices=MODELS)
+    parser.add_argument("--modes", nargs="+", default=list(SWEEP_MODES), choices=SWEEP_MODES)
+    parser.add_argument("--sweep-jobs", type=int, default=8)
+    parser.add_argument("--full-sweep-jobs", type=int, default=100)
+    parser.add_argument("--full-sweep-mode", default="ensemble", choices=SWEEP_MODES)
+    parser.add_argument("--data-root", type=Path, default=REPO / "data")
+    parser.add_argument("--work-dir", type=Path, default=None, help="job folders (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    args.job_overrides = TINY if args.tiny else []
+    if args.tiny:
+        args.threads, args.models, args.repeats, args.matmul_size = [1], ["cnn"], 1, 256
+        args.sweep_models, args.sweep_jobs, args.full_sweep_jobs = ["cnn"], 2, 2
+    sections = set(args.sections.split(","))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                          "load_before": os.getloadavg()[0]},
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    with tempfile.TemporaryDirectory(prefix="xilsweep-bench-") as scratch:
+        args.work_dir = args.work_dir or Path(scratch)
+        if "loop" in sections:
+            report["loop"] = loop_section(args)
+        if "sweeps" in sections:
+            report["sweeps"] = sweep_section(args, env)
+        if "full" in sections:
+            report["full_sweep"] = full_sweep_section(args, env)
+    report["machine"]["load_after"] = os.getloadavg()[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(table(report))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
