@@ -216,6 +216,29 @@ def ensemble_samples_per_second(start_model, trainer, data, pools, cfg, repeats:
     return best
 
 
+def compile_section(args) -> dict:
+    """torch.compile against eager on the default model: compile time and steady epochs."""
+    torch.set_num_threads(min(args.threads))
+    cfg = config([f"data.root={args.data_root}", *args.job_overrides])
+    trainer, loss_fn = build(cfg, "trainer"), build(cfg, "loss")
+    data = build(cfg, "data").load()
+    sampler = build(cfg, "sampler", n_confounded=len(data.train))
+    merged = concat(data.train, UserCorrectedDataset(data.train, sampler.pool_size, sampler.correction).corrected)
+    torch.manual_seed(0)
+    eager = trainer.place(build(cfg, "model"))
+    compiled = torch.compile(copy.deepcopy(eager))
+    result = {"threads": torch.get_num_threads()}
+    for name, model in (("eager", eager), ("compiled", compiled)):
+        optimizer = trainer.make_optimizer(model.parameters())
+        epochs = [best_seconds(lambda: train_one_epoch(model, merged, sampler.batches(e), sampler.k, loss_fn,
+                                                       optimizer)) for e in range(1 + args.repeats)]
+        result[name] = {"first_epoch_seconds": epochs[0], "epoch_seconds": min(epochs[1:])}
+    result["steady_speedup"] = result["eager"]["epoch_seconds"] / result["compiled"]["epoch_seconds"]
+    print(f"  torch.compile: first epoch {result['compiled']['first_epoch_seconds']:.1f} s, "
+          f"steady {result['steady_speedup']:.2f}x eager", flush=True)
+    return result
+
+
 def sweep_grid(n_jobs: int) -> tuple[list[str], list[str]]:
     """About ``n_jobs`` lambda_search-style jobs: (lambda values, seeds) of the grid."""
     n_seeds = 1 if n_jobs <= 2 else 2 if n_jobs <= 2 * len(LAMBDAS) else math.ceil(n_jobs / len(LAMBDAS))
@@ -334,6 +357,11 @@ def table(report: dict) -> str:
         lines += ["", "Evaluation samples/s by batch size: " + "; ".join(
             f"{r['model']} ({r['threads']}t) " + ", ".join(f"{b}: {r['samples_per_s'][f'eval_{b}']:.0f}"
                                                           for b in EVAL_BATCH_SIZES) for r in report["loop"])]
+    if report.get("compile"):
+        r = report["compile"]
+        lines += ["", f"torch.compile, default model, {r['threads']} thread(s): first epoch (compiling) "
+                      f"{r['compiled']['first_epoch_seconds']:.1f} s, then {r['compiled']['epoch_seconds']:.2f} s/epoch "
+                      f"against eager {r['eager']['epoch_seconds']:.2f} s/epoch ({r['steady_speedup']:.2f}x)"]
     if report.get("sweeps"):
         lines += ["", "Sweeps (wall time, jobs/hour, peak RSS of the largest process)", "",
                   "| model | mode | jobs done | seconds | jobs/hour | x one job per process | peak RSS MB |",
@@ -354,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.json")
     parser.add_argument("--tiny", action="store_true", help="a quick check on a 300-image subset (for tests)")
-    parser.add_argument("--sections", default="loop,sweeps,full", help="comma-separated: loop, sweeps, full")
+    parser.add_argument("--sections", default="loop,compile,sweeps,full",
+                        help="comma-separated: loop, compile, sweeps, full")
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count()}))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the loop measurements")
@@ -380,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         args.work_dir = args.work_dir or Path(scratch)
         if "loop" in sections:
             report["loop"] = loop_section(args)
+        if "compile" in sections:
+            report["compile"] = compile_section(args)
         if "sweeps" in sections:
             report["sweeps"] = sweep_section(args, env)
         if "full" in sections:

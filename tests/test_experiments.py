@@ -87,6 +87,21 @@ def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
     assert all("loss.lamda=3" in job for job in jobs)  # a key no option has is kept: Hydra reports the typo
 
 
+@pytest.mark.parametrize("launcher,target", [("parallel", "JoblibLauncher"), ("local", "LocalLauncher"),
+                                             ("slurm", "SlurmLauncher")])
+def test_launcher_presets_give_one_torch_thread_per_cpu(launcher, target):
+    submitit = launcher != "parallel"
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}",
+                                           *(["hydra.launcher.cpus_per_task=3"] if submitit else [])],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if submitit:  # OMP_NUM_THREADS follows the job's CPUs; trainer.num_threads=null follows it
+        assert cfg.hydra.job.env_set.OMP_NUM_THREADS == "3"
+    else:  # joblib's loky workers get OMP_NUM_THREADS=1
+        assert cfg.hydra.launcher.inner_max_num_threads == 1
+
+
 def test_overfit_test_fits_100_samples(xilsweep_cli, data_root, tmp_path):
     result, out = run_sweep(xilsweep_cli, tmp_path, data_root,
                             ["experiment=overfit_test", "data.n_train=100", "sampler.pool_size=20",

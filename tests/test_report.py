@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, run_xilsweep
-from xilsweep.report import find_jobs, main as report_main, write_report
+from xilsweep.report import answer_lambda, find_jobs, main as report_main, write_report
 
 FAST = [*TINY, "trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
 PLOTS = ("val_accuracy_vs_lr.png", "test_accuracy_vs_lambda.png", "test_accuracy_vs_pool_size.png",
@@ -70,6 +70,8 @@ def test_report_tables_one_row_per_job_and_mean_std_n_over_seeds(grid_sweep):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert row.test_accuracy == pytest.approx(metrics["test_accuracy"])
         assert row.epochs_run == metrics["epochs_run"] and row.status == "done"
+        assert row.train_loss == pytest.approx(metrics["history"][-1]["train_loss"])
+        assert row.best_val_loss == pytest.approx(metrics["history"][metrics["best_epoch"]]["val_loss"])
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 6 and (summary.n == 2).all()
     keys = ["loss", "loss.lam", "sampler.pool_size"]
@@ -90,7 +92,8 @@ def test_report_tables_one_row_per_job_and_mean_std_n_over_seeds(grid_sweep):
 def test_report_answers_balanced_vs_imbalanced_with_the_seed_spread(grid_sweep):
     text = write_report(grid_sweep)
     summary = pd.read_csv(grid_sweep / "report" / "summary.csv")
-    best = summary.sort_values("best_val_accuracy_mean", ascending=False, kind="stable").drop_duplicates("loss")
+    best = summary.sort_values(["best_val_accuracy_mean", "best_val_loss_mean"], ascending=[False, True],
+                               kind="stable").drop_duplicates("loss")  # ties to the lower validation loss
     best = best.set_index("loss")
     difference = 100 * (best.test_accuracy_mean["balanced"] - best.test_accuracy_mean["imbalanced"])
     answer = next(line for line in text.splitlines() if "Does balanced beat imbalanced?" in line)
@@ -114,11 +117,23 @@ def test_failing_jobs_leave_the_sweep_running_and_show_as_failed(failing_sweep):
     nan = jobs[(jobs["trainer.lr"] == 1e12) & (jobs["loss.lam"] == 1)]
     assert nan.reason.str.contains("training loss became nan").all()
     assert "6 jobs: 2 done, 4 failed" in text
+    assert "1 job(s) stopped on a non-finite loss" in text
     # the learning-rate answer and plot come from the two finished jobs
     done = jobs[jobs.status == "done"]
     best_lr = done.loc[done.best_val_accuracy.idxmax(), "trainer.lr"]
     assert f"best trainer.lr = {best_lr:g}" in text
     assert (sweep / "report" / "val_accuracy_vs_lr.png").exists()
+
+
+def test_validation_ties_go_to_the_lower_validation_loss():
+    summary = pd.DataFrame({"loss.lam": [0.5, 10.0, 2.0], "n": [3, 3, 3],
+                            "best_val_accuracy_mean": [0.99, 0.99, 0.98], "best_val_accuracy_std": [0.0, 0.0, 0.01],
+                            "best_val_loss_mean": [0.05, 0.03, 0.01], "best_val_loss_std": [0.0, 0.0, 0.0],
+                            "test_accuracy_mean": [0.98, 0.99, 0.97], "test_accuracy_std": [0.0, 0.0, 0.0]})
+    answer = answer_lambda(summary, ["loss.lam", "seed"])
+    assert answer.startswith("**λ:** best loss.lam = 10 ") and "tied on validation accuracy with 0.5" in answer
+    assert answer_lambda(summary.drop(columns=["best_val_loss_mean", "best_val_loss_std"]),
+                         ["loss.lam"]).startswith("**λ:** best loss.lam = 0.5 ")  # older runs: first wins
 
 
 def test_report_reads_older_interrupted_and_running_jobs(grid_sweep, tmp_path):

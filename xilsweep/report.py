@@ -36,13 +36,18 @@ REPORT_DIR = "report"
 # The override keys the guide's questions are about.
 LR, LOSS, LAMBDA, POOL, SEED = "trainer.lr", "loss", "loss.lam", "sampler.pool_size", "seed"
 VAL, TEST = "best_val_accuracy", "test_accuracy"
+# From the history: the validation loss at the best epoch (breaks accuracy ties, as early
+# stopping does) and the last epoch's training loss and accuracy (the overfit check).
+VAL_LOSS, TRAIN_LOSS, TRAIN_ACC = "best_val_loss", "train_loss", "train_accuracy"
 # Newer metrics (right-reason metrics); shown when present.
 OPTIONAL_METRICS = ("test_dotted_accuracy", "attribution_in_mask", "wrong_reason_score", "dot_flip_rate")
 METRICS = (VAL, TEST, *OPTIONAL_METRICS)
+SUMMARY_METRICS = (*METRICS, VAL_LOSS, TRAIN_LOSS, TRAIN_ACC)
 CONFOUNDED_METRICS = (TEST, *OPTIONAL_METRICS)
 LABELS = {VAL: "best val acc %", TEST: "test acc %", "test_dotted_accuracy": "dotted test acc %",
           "attribution_in_mask": "attribution in mask", "wrong_reason_score": "wrong-reason score",
-          "dot_flip_rate": "dot flip rate", "epochs_run": "epochs"}
+          "dot_flip_rate": "dot flip rate", "epochs_run": "epochs", TRAIN_LOSS: "last train loss",
+          TRAIN_ACC: "last train acc %"}
 
 
 class NotASweepError(Exception):
@@ -162,7 +167,12 @@ def job_table(jobs: list[Job], varied: list[str]) -> pd.DataFrame:
         row[SEED] = job.overrides.get(SEED, settings.get("seed"))
         row["status"] = job.status
         row["epochs_run"] = m.get("epochs_run")
+        trained = [h for h in m.get("history") or [] if TRAIN_LOSS in h]
+        row[TRAIN_LOSS] = trained[-1][TRAIN_LOSS] if trained else None
+        row[TRAIN_ACC] = trained[-1].get(TRAIN_ACC) if trained else None
         row.update({name: m.get(name) for name in METRICS})
+        best = [h for h in m.get("history") or [] if h.get("epoch") == m.get("best_epoch")]
+        row[VAL_LOSS] = best[0].get("val_loss") if best else None
         confounded = m.get("confounded") or {}
         row.update({f"confounded.{name}": confounded.get(name) for name in CONFOUNDED_METRICS})
         row["seconds"] = m.get("seconds")
@@ -175,7 +185,7 @@ def job_table(jobs: list[Job], varied: list[str]) -> pd.DataFrame:
 
 def sort_key(values: pd.Series) -> pd.Series:
     """Numbers before text before empty, so mixed columns sort too."""
-    return values.map(lambda v: (2, "") if v is None or v != v else
+    return values.map(lambda v: (2, "") if v is None or (isinstance(v, float) and pd.isna(v)) else
                       (0, v) if isinstance(v, (int, float)) else (1, str(v)))
 
 
@@ -183,7 +193,7 @@ def summary_table(table: pd.DataFrame, varied: list[str]) -> pd.DataFrame:
     """Mean, std and n over seeds of every metric, per setting (done jobs only)."""
     keys = [k for k in varied if k != SEED]
     done = table[table.status == "done"]
-    metrics = [c for c in METRICS if c in done]
+    metrics = [c for c in SUMMARY_METRICS if c in done]
     if done.empty:
         return pd.DataFrame(columns=[*keys, "n"])
     grouped = done.groupby(keys, dropna=False, sort=False) if keys else done.groupby(lambda _: "all")
@@ -196,10 +206,16 @@ def summary_table(table: pd.DataFrame, varied: list[str]) -> pd.DataFrame:
     return summary.sort_values(keys, key=sort_key, kind="stable").reset_index(drop=True)
 
 
+def ranked(summary: pd.DataFrame) -> pd.DataFrame:
+    """Best first: highest mean validation accuracy, ties to the lower mean validation loss."""
+    if f"{VAL_LOSS}_mean" in summary:
+        return summary.sort_values([f"{VAL}_mean", f"{VAL_LOSS}_mean"], ascending=[False, True], kind="stable")
+    return summary.sort_values(f"{VAL}_mean", ascending=False, kind="stable")
+
+
 def best_per(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """For every value (combination) of ``keys``: the setting with the best mean validation accuracy."""
-    ranked = summary.sort_values(f"{VAL}_mean", ascending=False, kind="stable")
-    return ranked.drop_duplicates(keys).sort_values(keys, key=sort_key, kind="stable")
+    return ranked(summary).drop_duplicates(keys).sort_values(keys, key=sort_key, kind="stable")
 
 
 # --- formatting -------------------------------------------------------------
@@ -207,13 +223,15 @@ def best_per(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def fmt(value, column: str = "", magnitude: float | None = None) -> str:
     """A table cell: accuracies in percent, other metrics with 3 decimals (1 from
     10 up, judged by ``magnitude`` when given: a std follows its mean), settings as written."""
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
     if not isinstance(value, float):
         return str(value)
     metric = column.removeprefix("confounded.")
     if metric.endswith("accuracy"):
         return f"{100 * value:.2f}"
+    if metric.endswith("loss"):
+        return f"{value:.3g}"
     if metric in METRICS:
         return f"{value:.{3 if abs(value if magnitude is None else magnitude) < 10 else 1}f}"
     return f"{value:g}"
@@ -222,13 +240,12 @@ def fmt(value, column: str = "", magnitude: float | None = None) -> str:
 def pct(row, metric: str) -> str:
     """``99.03% ± 0.21 (n=3)`` from a summary row."""
     mean, std, n = row[f"{metric}_mean"], row[f"{metric}_std"], int(row["n"])
-    spread = f" ± {100 * std:.2f}" if std == std else ""
+    spread = "" if pd.isna(std) else f" ± {100 * std:.2f}"
     return f"{100 * mean:.2f}%{spread} (n={n})"
 
 
-def markdown(table: pd.DataFrame, headers: dict | None = None) -> str:
-    headers = headers or {}
-    names = [headers.get(c, LABELS.get(c, c)) for c in table.columns]
+def markdown(table: pd.DataFrame) -> str:
+    names = [LABELS.get(c, c) for c in table.columns]
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(fmt(row[c], c).replace("|", "/") for c in table.columns) + " |")
@@ -241,7 +258,7 @@ def summary_markdown(summary: pd.DataFrame, varied: list[str]) -> str:
     for metric in METRICS:
         if f"{metric}_mean" in summary:
             shown[LABELS[metric]] = [
-                f"{fmt(m, metric)} ± {fmt(s, metric, magnitude=m)}" if s == s else fmt(m, metric)
+                fmt(m, metric) if pd.isna(s) else f"{fmt(m, metric)} ± {fmt(s, metric, magnitude=m)}"
                 for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
     return markdown(shown)
 
@@ -263,14 +280,25 @@ def describe(row, keys: list[str]) -> str:
     return ", ".join(parts) if parts else "the only setting"
 
 
+def tie_note(candidates: pd.DataFrame, key: str) -> str:
+    """Which other values of ``key`` reach the best mean validation accuracy too."""
+    best_val = candidates[f"{VAL}_mean"].max()
+    tied = candidates[candidates[f"{VAL}_mean"] == best_val][key]
+    if len(tied) < 2:
+        return ""
+    return (f" (tied on validation accuracy with {', '.join(fmt(v) for v in tied.iloc[1:])}; "
+            f"the lower mean validation loss decides, as in early stopping)")
+
+
 def answer_lr(summary, varied) -> str:
     if LR not in varied:
         return "**Learning rate:** not enough data: the sweep did not vary trainer.lr."
-    per_lr = best_per(summary, [LR]).sort_values(f"{VAL}_mean", ascending=False, kind="stable")
+    per_lr = ranked(best_per(summary, [LR]))
     best = per_lr.iloc[0]
     ranking = "; ".join(f"{fmt(r[LR])}: {pct(r, VAL)}" for _, r in per_lr.iterrows())
-    return (f"**Learning rate:** best trainer.lr = {fmt(best[LR])} by mean best validation accuracy "
-            f"({ranking}). Step 3: `python -m xilsweep.run -m experiment=lambda_search best_lr={fmt(best[LR])}`.")
+    return (f"**Learning rate:** best trainer.lr = {fmt(best[LR])} by mean best validation accuracy"
+            f"{tie_note(per_lr, LR)} ({ranking}). Step 3: "
+            f"`python -m xilsweep.run -m experiment=lambda_search best_lr={fmt(best[LR])}`.")
 
 
 def answer_lambda(summary, varied) -> str:
@@ -280,10 +308,28 @@ def answer_lambda(summary, varied) -> str:
     if with_lambda[LAMBDA].nunique() < 2:
         return "**λ:** not enough data: fewer than two λ values finished."
     per_lambda = best_per(with_lambda, [LAMBDA])
-    best = per_lambda.sort_values(f"{VAL}_mean", ascending=False, kind="stable").iloc[0]
+    best = ranked(per_lambda).iloc[0]
     curve = "; ".join(f"λ={fmt(r[LAMBDA])}: {pct(r, TEST)}" for _, r in per_lambda.iterrows())
-    return (f"**λ:** best loss.lam = {fmt(best[LAMBDA])} by mean validation accuracy ({pct(best, VAL)}; "
-            f"test {pct(best, TEST)}). Clean test accuracy per λ (best other settings): {curve}.")
+    return (f"**λ:** best loss.lam = {fmt(best[LAMBDA])} by mean validation accuracy ({pct(best, VAL)})"
+            f"{tie_note(ranked(per_lambda), LAMBDA)}; its clean test accuracy {pct(best, TEST)}. "
+            f"Clean test accuracy per λ (best other settings): {curve}.")
+
+
+def answer_fit(table: pd.DataFrame, jobs: list[Job]) -> str:
+    """Step 1's check: training loss falling, training accuracy near 100%, no NaN."""
+    histories = [[h for h in j.metrics.get("history") or [] if TRAIN_LOSS in h] for j in jobs if j.status == "done"]
+    histories = [h for h in histories if h]
+    non_finite = int(table.reason.fillna("").str.contains("loss became").sum())
+    nan_note = f"{non_finite} job(s) stopped on a non-finite loss" if non_finite else "no non-finite loss"
+    if not histories:
+        return f"**Fit:** not enough data: no finished job with a training history; {nan_note}."
+    first = sum(h[0][TRAIN_LOSS] for h in histories) / len(histories)
+    last = sum(h[-1][TRAIN_LOSS] for h in histories) / len(histories)
+    final_acc = [h[-1].get(TRAIN_ACC) for h in histories if h[-1].get(TRAIN_ACC) is not None]
+    acc = (f"; last-epoch training accuracy {100 * sum(final_acc) / len(final_acc):.2f}% "
+           f"(lowest {100 * min(final_acc):.2f}%)" if final_acc else "")
+    return (f"**Fit:** training loss from {first:.3g} (first epoch) to {last:.3g} (last epoch), mean of "
+            f"{len(histories)} finished jobs{acc}; {nan_note}.")
 
 
 def answer_losses(summary, varied) -> str:
@@ -299,7 +345,7 @@ def answer_losses(summary, varied) -> str:
     diff = 100 * (b[f"{TEST}_mean"] - i[f"{TEST}_mean"])
     stds = (b[f"{TEST}_std"], i[f"{TEST}_std"])
     leader = "balanced" if diff > 0 else "imbalanced"
-    if any(std != std for std in stds):
+    if any(pd.isna(std) for std in stds):
         verdict = (f"{leader} is ahead by {abs(diff):.2f} points, but on a single seed: "
                    "not enough data to compare with the seed spread")
     elif abs(diff) > 100 * sum(stds):
@@ -308,8 +354,10 @@ def answer_losses(summary, varied) -> str:
     else:
         verdict = (f"no clear winner: the difference ({diff:+.2f} points) is within the seed spread "
                    f"(std {100 * stds[0]:.2f} and {100 * stds[1]:.2f})")
-    matched = matched_comparison(summary, varied)
-    return f"{text} **Does balanced beat imbalanced?** {verdict}.{matched}"
+    dotted = "test_dotted_accuracy"
+    shortcut = (f" On the dotted test set (the shortcut check), the same settings: balanced {pct(b, dotted)}, "
+                f"imbalanced {pct(i, dotted)}." if f"{dotted}_mean" in summary else "")
+    return f"{text} **Does balanced beat imbalanced?** {verdict}.{matched_comparison(summary, varied)}{shortcut}"
 
 
 def matched_comparison(summary, varied) -> str:
@@ -367,8 +415,9 @@ def plot_vs(summary, varied, x: str, metric: str, path: Path, xlabel: str, log_x
                     marker="o", capsize=3, label=name)
     # Loss types without this setting (the imbalanced loss has no λ): their best as a band.
     for name, part in (summary[summary[x].isna()].groupby(LOSS, sort=False) if line else []):
-        row = part.sort_values(f"{VAL}_mean", ascending=False).iloc[0]
-        mean, std = 100 * row[f"{metric}_mean"], 100 * (row[f"{metric}_std"] if row[f"{metric}_std"] == row[f"{metric}_std"] else 0)
+        row = ranked(part).iloc[0]
+        std = row[f"{metric}_std"]
+        mean, std = 100 * row[f"{metric}_mean"], 0 if pd.isna(std) else 100 * std
         ax.axhline(mean, linestyle="--", color="gray", label=f"{name} (no {x})")
         ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
     if log_x:
@@ -446,7 +495,7 @@ def write_report(sweep_dir: Path) -> str:
     # The confounded model is usually the same for every job: one line instead of constant columns.
     confounded = {c.split(".", 1)[1]: table[c].dropna().unique() for c in table if c.startswith("confounded.")}
     same = {name: float(values[0]) for name, values in confounded.items() if len(values) == 1}
-    shown = table.drop(columns=["seconds", *[f"confounded.{name}" for name in same]])
+    shown = table.drop(columns=["seconds", VAL_LOSS, *[f"confounded.{name}" for name in same]])
     shown["job"] = [n if n != float("inf") else name for n, name in map(job_number, (j.folder for j in jobs))]
     lines = [f"# Sweep report: {sweep_dir}", "", counts_line(table) + ".", ""]
     if settings_line(jobs):
@@ -462,10 +511,9 @@ def write_report(sweep_dir: Path) -> str:
               "## Over seeds (mean ± std, n = finished seeds)", "",
               summary_markdown(summary, varied) if len(summary) else "No finished jobs yet.", "",
               "## Answers", ""]
+    lines += [f"- {answer_fit(table, jobs)}"]
     if len(summary):
         lines += [f"- {answer(summary, varied)}" for answer in (answer_lr, answer_lambda, answer_losses, answer_pool)]
-    else:
-        lines += ["- Not enough data: no job has finished."]
     made = [name for name, ok in plots.items() if ok]
     lines += ["", f"Files in {out}: jobs.csv, summary.csv" + "".join(f", {name}" for name in made) + "."]
     text = "\n".join(lines) + "\n"
