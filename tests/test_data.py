@@ -77,7 +77,7 @@ def test_split_survives_the_file_round_trip(data, tmp_path):
     path = tmp_path / "split.pth"
     atomic_torch_save(data.val.to_file(), path, meta={"v": 1})
     meta, payload = read_checked(path)
-    back = Split.from_file(payload)
+    back = Split.from_file(payload, 2)
     assert meta == {"v": 1}
     assert torch.equal(back.targets, data.val.targets) and torch.allclose(back.x, data.val.x)
 

@@ -62,13 +62,8 @@ class Split:
         }
 
     @classmethod
-    def from_file(cls, d: dict) -> "Split":
-        labels = d["labels"].long()
-        return cls(
-            d["x"].float() / 255,
-            F.one_hot(labels, len(DIGITS)).float(),
-            d["mask"],
-        )
+    def from_file(cls, d: dict, num_classes: int) -> "Split":
+        return cls(d["x"].float() / 255, F.one_hot(d["labels"].long(), num_classes).float(), d["mask"])
 
 
 @dataclass
@@ -105,8 +100,8 @@ class XILData:
 class Confounder:
     """Square bright dots on background pixels; the mask marks exactly them."""
 
-    n_dots: int = 4
-    dot_size: int = 2
+    n_dots: int = 16
+    dot_size: int = 3
     positions: str = "random"
     intensity: float = 1.0
     fraction_eights: float = 1.0
@@ -209,13 +204,14 @@ def _digits_0_and_8(images: torch.Tensor, labels: torch.Tensor):
 
 
 @dataclass
-class ConfoundedMNIST08:
-    """Settings of the 08MNIST data; ``load()`` builds or reads the cached splits.
-
-    The confounded training split and the clean/dotted test splits are saved
-    under ``root/08MNIST/<key>/`` where the key hashes every generation
-    setting, so a changed setting makes new files instead of reusing stale ones.
-    ``n_train`` takes a seeded subset of the training split at load time.
+class CachedMNISTData:
+    """Shared part of the MNIST-based data options: validation of the common
+    settings, the cache under ``root/<folder>/<key>/`` (the key hashes every
+    generation setting, so a changed setting makes new files instead of
+    reusing stale ones), atomic checked files, one builder at a time, and the
+    seeded ``n_train`` subset taken at load time. Subclasses define
+    ``folder``, ``num_classes``, ``train_file``/``test_file`` names,
+    ``confounded_class`` and ``_generate()``.
     """
 
     root: str = "data"
@@ -224,14 +220,13 @@ class ConfoundedMNIST08:
     val_confounded: bool = False
     n_train: int | None = None
     seed: int = 0
-    confounder: Confounder = field(default_factory=Confounder)
+
+    folder = "data"
+    num_classes = 2
+    train_file, test_file = "train.pth", "test.pth"
+    confounded_class = None  # the class the confounder points to; None: spread over all classes
 
     def __post_init__(self):
-        if isinstance(self.confounder, dict):
-            try:
-                self.confounder = Confounder(**self.confounder)
-            except SettingError as e:
-                raise e.in_group("confounder") from None
         require_choice("source", self.source, SOURCES)
         require(0 < self.val_fraction < 1, "val_fraction", self.val_fraction, "a number in (0, 1)")
         require(self.n_train is None or (isinstance(self.n_train, int) and self.n_train >= 1),
@@ -247,7 +242,7 @@ class ConfoundedMNIST08:
     def generation_settings(self) -> dict:
         s = asdict(self)
         del s["root"], s["n_train"]
-        return {"format": CACHE_FORMAT, **s}
+        return {"format": CACHE_FORMAT, "dataset": self.folder, **s}
 
     @property
     def key(self) -> str:
@@ -256,11 +251,10 @@ class ConfoundedMNIST08:
 
     @property
     def directory(self) -> Path:
-        return Path(self.root) / "08MNIST" / self.key
+        return Path(self.root) / self.folder / self.key
 
     def load(self) -> XILData:
-        train_file = self.directory / "confounded_v1" / "train.pth"
-        test_file = self.directory / "original" / "test.pth"
+        train_file, test_file = self.directory / self.train_file, self.directory / self.test_file
         settings = self.generation_settings()
         with build_lock(self.directory / "build"):
             train_payload = checked_torch_load(train_file, expect_meta=settings)
@@ -270,29 +264,57 @@ class ConfoundedMNIST08:
                 atomic_torch_save(train_payload, train_file, meta=settings)
                 atomic_torch_save(test_payload, test_file, meta=settings)
                 atomic_write_json(settings, self.directory / "settings.json")
-        train = full_train = Split.from_file(train_payload["train"])
+
+        def split(payload, name):
+            return Split.from_file(payload[name], self.num_classes)
+
+        train = full_train = split(train_payload, "train")
         if self.n_train is not None:
             require(self.n_train <= len(train), "n_train", self.n_train,
                     f"at most {len(train)}, the size of the training split")
             g = torch.Generator().manual_seed(self.seed + 1)
             train = train.subset(torch.randperm(len(train), generator=g)[: self.n_train].sort().values)
-        return XILData(
-            train=train,
-            val=Split.from_file(train_payload["val"]),
-            test=Split.from_file(test_payload["test"]),
-            test_dotted=Split.from_file(test_payload["test_dotted"]),
-            key=self.key,
-            directory=self.directory,
-            full_train=full_train,
-        )
+        return XILData(train=train, val=split(train_payload, "val"), test=split(test_payload, "test"),
+                       test_dotted=split(test_payload, "test_dotted"), key=self.key,
+                       directory=self.directory, full_train=full_train)
+
+    def split_indices(self, n: int, generator: torch.Generator):
+        """Seeded (validation, training) indices of ``n`` training digits."""
+        order = torch.randperm(n, generator=generator)
+        n_val = round(self.val_fraction * n)
+        return order[:n_val].sort().values, order[n_val:].sort().values
+
+    def _generate(self):
+        raise NotImplementedError
+
+
+@dataclass
+class ConfoundedMNIST08(CachedMNISTData):
+    """Settings of the 08MNIST data; ``load()`` builds or reads the cached
+    splits ``root/08MNIST/<key>/confounded_v1/train.pth`` (train and
+    validation) and ``root/08MNIST/<key>/original/test.pth`` (clean test set
+    and its dotted copy)."""
+
+    confounder: Confounder = field(default_factory=Confounder)
+
+    folder = "08MNIST"
+    num_classes = len(DIGITS)
+    train_file, test_file = "confounded_v1/train.pth", "original/test.pth"
+    confounded_class = CONFOUNDED_CLASS
+
+    def __post_init__(self):
+        if isinstance(self.confounder, dict):
+            try:
+                self.confounder = Confounder(**self.confounder)
+            except SettingError as e:
+                raise e.in_group("confounder") from None
+        super().__post_init__()
 
     def _generate(self):
         download = self.source == "full"
         g = torch.Generator().manual_seed(self.seed)
         x, y = _digits_0_and_8(*load_mnist(self.mnist_root, train=True, download=download))
-        order = torch.randperm(len(x), generator=g)
-        n_val = round(self.val_fraction * len(x))
-        val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+        val_idx, train_idx = self.split_indices(len(x), g)
 
         def confounded(x_part, y_part, dotted: bool, dot_all: bool = False):
             if dotted:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 import xilsweep
 from xilsweep.confounded import confounded_model, load_user_checkpoint
 from xilsweep.correction import UserCorrectedDataset
-from xilsweep.data import CONFOUNDED_CLASS, XILData
+from xilsweep.data import XILData
 from xilsweep.errors import DataError, NonFiniteLossError, SettingError
 from xilsweep.files import read_checked, save_state_dict
 from xilsweep.reasons import REASON_TAGS, view_images
@@ -87,7 +87,9 @@ class Job:
 def seed_everything(seed: int) -> None:
     """Same config and seed, same numbers (bit-identical on the CPU with the same thread count)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # = use_deterministic_algorithms(True, warn_only=True), without the import of torch._inductor
+    # that costs each job process about 1.5 s (README, "Speed")
+    torch.set_deterministic_debug_mode("warn")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -134,7 +136,7 @@ def prepare(cfg: DictConfig) -> Job:
     model_settings["num_classes"] = num_classes
     build_model = partial(build, cfg, "model", num_classes=num_classes)
     sampler = build(cfg, "sampler", n_confounded=len(data.train))
-    confounded_class = getattr(data_spec, "confounded_class", CONFOUNDED_CLASS)
+    confounded_class = data_spec.confounded_class
     try:
         pool = UserCorrectedDataset(data.train, sampler.pool_size, sampler.correction, seed=cfg.seed,
                                     confounded_class=confounded_class)
