@@ -188,3 +188,34 @@ def test_every_problem_is_reported_one_line_each(data_root, tmp_path):
     text = result.stdout + result.stderr
     for message in ("loss.lam=-1", "trainer.lr=0", "sampler.k=99"):
         assert sum(message in line for line in text.splitlines()) >= 1, message
+
+
+def test_optuna_study_in_sqlite_resumes_after_the_sweeper_is_killed(data_root, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = [*TINY, f"data.root={data_root}", "hparams_search=lambda_optuna", f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.n_jobs=1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    sweeper = subprocess.Popen([sys.executable, "-m", "xilsweep.run", "-m", *args, "hydra.sweeper.n_trials=20",
+                                f"hydra.sweep.dir={tmp_path / 'first'}"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def complete():
+        try:
+            study = optuna.load_study(study_name="xil_lambda", storage=storage)
+        except Exception:
+            return 0  # not created yet
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+    deadline = time.time() + 180
+    while complete() < 1:
+        assert sweeper.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    sweeper.send_signal(signal.SIGKILL)
+    sweeper.wait()
+    done_before = complete()
+    result = run_xilsweep(["-m", *args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'second'}"],
+                          tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert complete() == done_before + 1  # the same study, one more finished trial
