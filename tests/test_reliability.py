@@ -172,10 +172,12 @@ def test_checkpoint_from_a_different_model_is_reported(data_root, tmp_path):
     ("data.n_train=0", "data.n_train=0 is not allowed"),
     ("data.root=/no/such/dir", "data.root='/no/such/dir' is not allowed: an existing directory"),
     ("seed=abc", "seed='abc' is not allowed: an integer"),
+    ("loss=lagrangian loss.eps=-0.5", "loss.eps=-0.5 is not allowed: a number >= 0"),
+    ("model=mlp explainer=gradcam", "explainer='gradcam' is not allowed: input_gradients"),
 ])
 def test_bad_input_gives_one_clear_line_and_leaves_no_output(override, message, data_root, tmp_path):
     out = tmp_path / "job"
-    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}", override], tmp_path)
+    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}", *override.split()], tmp_path)
     text = result.stdout + result.stderr
     assert result.returncode != 0 and message in text, text[-2000:]
     assert "Traceback" not in text
