@@ -1,5 +1,6 @@
-"""Speed benchmark: ``python bench/speed.py [--out bench/results/speed.json] [--tiny]``
-(``make bench``). Not part of the test suite.
+"""Speed benchmark: ``python bench/speed.py [--out bench/results/speed.json]``
+(``make bench``, about half an hour). Not part of the test suite; ``--tiny`` is
+the quick setting its smoke test runs.
 
 One run measures, side by side on the same data, models and batches:
 
@@ -7,20 +8,23 @@ One run measures, side by side on the same data, models and batches:
    tensors, the model placed by ``Trainer``) against a plain reference loop (a
    ``Dataset`` returning one (image, one-hot) pair per item, a ``DataLoader``
    with the same batches as its batch sampler, the same model, loss and
-   optimiser); the same loop with the other memory format; a vectorised
+   optimiser); the same loop in the other memory format; a vectorised
    ensemble of 8 (per member); evaluation at several batch sizes;
 2. achieved GFLOP/s of training and evaluation (convolution and linear FLOPs
    counted by ``torch.utils.flop_counter``) against a matrix-product ceiling
    (``torch.mm`` of large fp32 matrices) measured between the epochs;
-3. jobs per hour of a small sweep run as one job per process, as parallel
-   processes with one thread each (joblib), in one process (Hydra's basic
-   launcher) and as a vectorised ensemble (``hydra/launcher=ensemble``), with
-   the peak memory of the largest process;
-4. the wall time of a 100-job lambda_search-style sweep.
+3. ``torch.compile`` against eager on the default model;
+4. jobs per hour of a small lambda x seed sweep run as one job per process,
+   as parallel processes with one thread each (``hydra/launcher=parallel``),
+   in one process (Hydra's basic launcher) and as a vectorised ensemble
+   (``hydra/launcher=ensemble hydra.launcher.vectorise=always``), with the
+   peak memory of the largest process;
+5. the wall time of a 100-job lambda_search-style sweep of the default
+   model, run in the mode that gave the most jobs/hour.
 
 Every figure is the best of interleaved repeats (the machine is shared); the
-ratios compare variants measured in the same rounds. Prints a Markdown table
-and writes everything as JSON.
+ratios compare variants measured in the same rounds. Prints Markdown tables
+and the issue's targets, and writes everything as JSON.
 """
 
 from __future__ import annotations
@@ -53,14 +57,24 @@ from xilsweep.run import build  # noqa: E402
 from xilsweep.sampling import create_is_user_corrected_mask  # noqa: E402
 from xilsweep.training import concat, evaluate, train_one_epoch  # noqa: E402
 
-MODELS = ("cnn", "cnn_examples", "lenet")
+MODELS = ("cnn", "cnn_examples", "lenet", "mlp")
+MODEL_OVERRIDES = {"mlp": ["explainer=input_gradients"]}  # GradCAM needs a convolution
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
-EVAL_BATCH_SIZES = (100, 250, 500, 1000, 2000)
+EVAL_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 SWEEP_MODES = ("per_process", "parallel", "in_process", "ensemble")
 ENSEMBLE_SIZE = 8
 LAMBDAS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
-TINY = ["data.n_train=300", "sampler.pool_size=10", "trainer.max_epochs=2", "pretrain.epochs=1"]
+TINY = ["data.n_train=300", "sampler.pool_size=10", "trainer.max_epochs=2", "pretrain.epochs=1",
+        "trainer.num_threads=1"]
+LAUNCHERS = {"parallel": ["hydra/launcher=parallel"],  # joblib: a worker process per core, one thread each
+             "in_process": [],  # Hydra's basic launcher
+             "ensemble": ["hydra/launcher=ensemble", "hydra.launcher.vectorise=always"]}
+
+
+def job_overrides(args, model_name: str) -> list[str]:
+    return [f"model={model_name}", *MODEL_OVERRIDES.get(model_name, []), f"data.root={args.data_root}",
+            *args.job_overrides]
 
 
 def config(overrides: list[str]):
@@ -128,7 +142,7 @@ def loop_section(args) -> list[dict]:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for model_name in args.models:
-            cfg = config([f"model={model_name}", f"data.root={args.data_root}", *args.job_overrides])
+            cfg = config(job_overrides(args, model_name))
             trainer = build(cfg, "trainer")
             data = build(cfg, "data").load()
             sampler = build(cfg, "sampler", n_confounded=len(data.train))
@@ -140,41 +154,42 @@ def loop_section(args) -> list[dict]:
             start_model = build(cfg, "model")
             forward_flops, train_flops = flops_per_sample(start_model)
 
-            def fresh(memory_format=None):
+            def fresh(memory_format=None, plain_optimizer=False):
+                """A copy of the start model, placed as Trainer does (or in ``memory_format``), with
+                xilsweep's optimiser (or torch's default implementation of it)."""
                 model = copy.deepcopy(start_model)
                 model = trainer.place(model) if memory_format is None else model.to(memory_format=memory_format)
-                return model, trainer.make_optimizer(model.parameters())
+                optimizer = trainer.make_optimizer(model.parameters())
+                if plain_optimizer:
+                    optimizer = type(optimizer)(model.parameters(), **{**optimizer.defaults, "fused": None})
+                return model, optimizer
 
-            loop_model, loop_opt = fresh()
             other = "contiguous" if trainer.memory_format == torch.channels_last else "channels_last"
-            other_model, other_opt = fresh(FORMATS[other])
-            ref_model, ref_opt = fresh(torch.contiguous_format)
+            loops = {"xilsweep": fresh(), f"xilsweep_{other}": fresh(FORMATS[other]),
+                     "xilsweep_plain_optimizer": fresh(plain_optimizer=True),
+                     "reference": fresh(torch.contiguous_format, plain_optimizer=True)}
             timings: dict[str, list[float]] = {}
             warm_up = sampler.batches(0)[:2]  # first calls build kernels and caches: not timed
-            for model, optimizer in ((loop_model, loop_opt), (other_model, other_opt), (ref_model, ref_opt)):
+            for model, optimizer in loops.values():
                 train_one_epoch(model, merged, warm_up, sampler.k, loss_fn, optimizer)
                 evaluate(model, data.val)
+            loop_model = loops["xilsweep"][0]
             for epoch in range(args.repeats):
                 batches = sampler.batches(epoch)
                 loader = DataLoader(PairDataset(merged.x, merged.targets), batch_sampler=[b.tolist() for b in batches])
                 n_samples = sum(len(b) for b in batches)
-                runs = {
-                    "ceiling": lambda: matmul_gflops(args.matmul_size),
-                    "xilsweep": lambda: train_one_epoch(loop_model, merged, batches, sampler.k, loss_fn, loop_opt),
-                    "reference": lambda: reference_epoch(ref_model, loader, sampler.k, loss_fn, ref_opt),
-                    f"xilsweep_{other}": lambda: train_one_epoch(other_model, merged, batches, sampler.k, loss_fn,
-                                                                other_opt),
-                }
-                for name, run in runs.items():
-                    if name == "ceiling":
-                        timings.setdefault(name, []).append(run())
+                timings.setdefault("ceiling", []).append(matmul_gflops(args.matmul_size))
+                for name, (model, optimizer) in loops.items():
+                    if name == "reference":
+                        seconds = best_seconds(lambda: reference_epoch(model, loader, sampler.k, loss_fn, optimizer))
                     else:
-                        timings.setdefault(name, []).append(n_samples / best_seconds(run))
+                        seconds = best_seconds(lambda: train_one_epoch(model, merged, batches, sampler.k, loss_fn,
+                                                                       optimizer))
+                    timings.setdefault(name, []).append(n_samples / seconds)
                 for size in EVAL_BATCH_SIZES:
                     seconds = best_seconds(lambda: evaluate(loop_model, data.test, size))
                     timings.setdefault(f"eval_{size}", []).append(len(data.test) / seconds)
-            timings["ensemble_member"] = [ensemble_samples_per_second(start_model, trainer, data, pools, cfg,
-                                                                      args.repeats)]
+            timings["ensemble_member"] = [ensemble_samples_per_second(start_model, trainer, data, pools, cfg)]
             ceiling = max(timings["ceiling"])
             variants = {name: max(values) for name, values in timings.items()}
             best_eval = max(EVAL_BATCH_SIZES, key=lambda s: variants[f"eval_{s}"])
@@ -188,6 +203,7 @@ def loop_section(args) -> list[dict]:
                 "loop_vs_reference": variants["xilsweep"] / variants["reference"],
                 "loop_vs_other_format": variants["xilsweep"] / variants[f"xilsweep_{other}"],
                 "other_format": other,
+                "loop_vs_plain_optimizer": variants["xilsweep"] / variants["xilsweep_plain_optimizer"],
                 "ensemble_member_vs_loop": variants["ensemble_member"] / variants["xilsweep"],
                 "train_gflops": train_gflops, "train_percent_of_ceiling": 100 * train_gflops / ceiling,
                 "eval_batch_size_best": best_eval, "eval_gflops": eval_gflops,
@@ -199,21 +215,19 @@ def loop_section(args) -> list[dict]:
     return results
 
 
-
-def ensemble_samples_per_second(start_model, trainer, data, pools, cfg, repeats: int) -> float:
-    """Training samples/s per member of a vectorised ensemble (one epoch, different seeds)."""
-    best = 0.0
-    for _ in range(repeats):
-        requests = []
-        for seed, pool in enumerate(pools):
-            model = trainer.place(copy.deepcopy(start_model))
-            sampler = build(cfg, "sampler", n_confounded=len(data.train), seed=seed)
-            requests.append(FitRequest(model, data.train, pool, data.val, sampler, build(cfg, "loss"),
-                                       trainer.make_optimizer(model.parameters()), max_epochs=1, patience=1,
-                                       eval_batch_size=trainer.eval_batch_size))
-        n_samples = len(data.train) + len(requests[0].sampler) * requests[0].sampler.k
-        best = max(best, len(requests) * n_samples / best_seconds(lambda: fit_ensemble(requests)))
-    return best
+def ensemble_samples_per_second(start_model, trainer, data, pools, cfg) -> float:
+    """Training samples/s per member of a vectorised ensemble (members with their own seeds,
+    pools and batch order; one epoch on the first 640 training images, a 32-image validation)."""
+    train, val = data.train.subset(torch.arange(min(640, len(data.train)))), data.val.subset(torch.arange(32))
+    requests = []
+    for seed, pool in enumerate(pools):
+        model = trainer.place(copy.deepcopy(start_model))
+        sampler = build(cfg, "sampler", n_confounded=len(train), seed=seed)
+        requests.append(FitRequest(model, train, pool, val, sampler, build(cfg, "loss"),
+                                   trainer.make_optimizer(model.parameters()), max_epochs=1, patience=1,
+                                   eval_batch_size=trainer.eval_batch_size))
+    n_samples = len(train) + len(requests[0].sampler) * requests[0].sampler.k
+    return len(requests) * n_samples / best_seconds(lambda: fit_ensemble(requests))
 
 
 def compile_section(args) -> dict:
@@ -256,17 +270,26 @@ def sweep_arguments(grid) -> list[str]:
     return [f"loss.lam={','.join(lambdas)}", f"seed={','.join(seeds)}"]
 
 
+# Runs argv[2:] and writes its peak RSS (KiB; wait4 counts the process and the descendants it
+# waited for) to argv[1]. A small interpreter of its own: a child forked straight from this
+# large benchmark process would report the benchmark's RSS as its peak.
+RSS_PROBE = """import os, subprocess, sys
+process = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(process.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))"""
+
+
 def run_measured(command: list[str], cwd: Path, env: dict) -> tuple[float, float, int, str]:
     """(wall seconds, peak RSS in MB of the largest process of its tree, exit status, output tail)."""
-    began = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        tail = output.read()[-3000:]
-    # wait4's ru_maxrss: the larger of the process and its waited-for descendants, in KiB on Linux
-    return time.perf_counter() - began, usage.ru_maxrss / 1024, process.returncode, tail
+    with tempfile.TemporaryDirectory() as scratch:
+        rss_file, log_file = Path(scratch) / "rss", Path(scratch) / "output"
+        with open(log_file, "w") as output:
+            began = time.perf_counter()
+            status = subprocess.run([sys.executable, "-c", RSS_PROBE, str(rss_file), *command], cwd=cwd, env=env,
+                                    stdout=output, stderr=subprocess.STDOUT).returncode
+            seconds = time.perf_counter() - began
+        return seconds, int(rss_file.read_text()) / 1024, status, log_file.read_text()[-3000:]
 
 
 def finished_jobs(folder: Path) -> int:
@@ -295,11 +318,9 @@ def run_sweep(mode: str, grid, common: list[str], folder: Path, env: dict) -> di
             if status:
                 print(tail, file=sys.stderr)
     else:
-        launcher = {"parallel": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={os.cpu_count()}",
-                                 "hydra.launcher.inner_max_num_threads=1"],
-                    "in_process": [], "ensemble": ["hydra/launcher=ensemble"]}[mode]
         wall, peak, status, tail = run_measured(
-            xilsweep_command("-m", *launcher, *common, *sweep_arguments(grid), f"hydra.sweep.dir={folder}"), cwd, env)
+            xilsweep_command("-m", *LAUNCHERS[mode], *common, *sweep_arguments(grid), f"hydra.sweep.dir={folder}"),
+            cwd, env)
         failures = status != 0
         if status:
             print(tail, file=sys.stderr)
@@ -312,7 +333,7 @@ def sweep_section(args, env: dict) -> list[dict]:
     results = []
     grid = sweep_grid(args.sweep_jobs)
     for model_name in args.sweep_models:
-        common = [f"model={model_name}", f"data.root={args.data_root}", *args.job_overrides]
+        common = job_overrides(args, model_name)
         # Build the cached data and confounded model first: sweeps reuse them.
         run_measured(xilsweep_command(*common, f"hydra.run.dir={args.work_dir / 'warm-up' / model_name}"), REPO, env)
         by_mode = {}
@@ -328,42 +349,78 @@ def sweep_section(args, env: dict) -> list[dict]:
     return results
 
 
-def full_sweep_section(args, env: dict) -> dict:
+def full_sweep_section(args, env: dict, sweeps: list[dict]) -> dict:
+    """A ~100-job sweep of the default model, run for real in the mode that gave the
+    most jobs/hour in the small sweeps (``--full-sweep-mode`` to choose)."""
+    measured = [s for s in sweeps if s["model"] == "cnn" and s["done"] == s["jobs"]]
+    mode = args.full_sweep_mode or (max(measured, key=lambda s: s["jobs_per_hour"])["mode"] if measured
+                                    else "parallel")
     grid = sweep_grid(args.full_sweep_jobs)
-    common = [f"data.root={args.data_root}", *args.job_overrides]
-    result = run_sweep(args.full_sweep_mode, grid, common, args.work_dir / "full_sweep", env)
+    result = run_sweep(mode, grid, job_overrides(args, "cnn"), args.work_dir / "full_sweep", env)
     result["arguments"] = sweep_arguments(grid)
-    print(f"  {result['jobs']}-job sweep ({args.full_sweep_mode}): {result['seconds']:.0f} s", flush=True)
+    print(f"  {result['jobs']}-job sweep ({mode}): {result['seconds']:.0f} s", flush=True)
     return result
 
 
+def targets(report: dict) -> list[str]:
+    """The issue's targets against what this run measured."""
+    lines = []
+    loops = {(r["model"], r["threads"]): r for r in report.get("loop", [])}
+    default = [r for (model, _), r in loops.items() if model == "cnn"]
+    if default:
+        best = max(default, key=lambda r: r["loop_vs_reference"])
+        lines.append(f"training loop vs plain reference, default model: {best['loop_vs_reference']:.2f}x "
+                     f"({best['threads']} thread(s); target >= 1.3x)")
+    examples = [r for (model, _), r in loops.items() if model == "cnn_examples"]
+    if examples:
+        best = max(examples, key=lambda r: r["train_percent_of_ceiling"])
+        lines.append(f"conv32-conv64 CNN training: {best['train_percent_of_ceiling']:.0f}% of the matrix-product "
+                     f"ceiling ({best['threads']} thread(s); target >= 60%)")
+    if report.get("full_sweep"):
+        r = report["full_sweep"]
+        lines.append(f"{r['jobs']}-job sweep of the default model: {r['seconds'] / 60:.1f} min with {r['mode']} "
+                     f"(target < 10 min)")
+    lenet = {r["mode"]: r for r in report.get("sweeps", []) if r["model"] == "lenet"}
+    if "ensemble" in lenet and lenet["ensemble"]["vs_per_process"]:
+        lines.append(f"vectorised ensemble, LeNet: {lenet['ensemble']['vs_per_process']:.2f}x the jobs/hour of one "
+                     f"job per process (target >= 3x)")
+    return lines
+
+
 def table(report: dict) -> str:
-    lines = [f"xilsweep speed benchmark: {report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, "
-             f"load average {report['machine']['load_before']:.1f} before, {report['machine']['load_after']:.1f} after"]
+    machine = report["machine"]
+    lines = [f"xilsweep speed benchmark: {machine['cpus']} CPUs, torch {machine['torch']}, "
+             f"load average {machine['load_before']:.1f} before, {machine['load_after']:.1f} after"]
     if report.get("loop"):
-        lines += ["", "Training loop (samples/s, best of repeats; GFLOP/s vs torch.mm ceiling measured in the same rounds)",
-                  "",
-                  "| threads | model | xilsweep loop | plain reference | ratio | other format | ensemble/member "
-                  "| train GFLOP/s | % ceiling | eval GFLOP/s (batch) | % ceiling | ceiling |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "Training loop: samples/s (best of the repeats), GFLOP/s against the torch.mm ceiling "
+                      "measured in the same rounds", "",
+                  "| threads | model | xilsweep loop | plain reference | ratio | vs other memory format "
+                  "| vs unfused optimiser | ensemble of 8, per member | train GFLOP/s | % ceiling "
+                  "| eval GFLOP/s (batch) | % ceiling | ceiling GFLOP/s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["loop"]:
             s = r["samples_per_s"]
             lines.append(
                 f"| {r['threads']} | {r['model']} | {s['xilsweep']:.0f} | {s['reference']:.0f} "
-                f"| {r['loop_vs_reference']:.2f}x | {r['loop_vs_other_format']:.2f}x vs {r['other_format']} "
-                f"| {r['ensemble_member_vs_loop']:.2f}x | {r['train_gflops']:.1f} | {r['train_percent_of_ceiling']:.0f}% "
-                f"| {r['eval_gflops']:.1f} ({r['eval_batch_size_best']}) | {r['eval_percent_of_ceiling']:.0f}% "
-                f"| {r['ceiling_gflops']:.0f} |")
-        lines += ["", "Evaluation samples/s by batch size: " + "; ".join(
-            f"{r['model']} ({r['threads']}t) " + ", ".join(f"{b}: {r['samples_per_s'][f'eval_{b}']:.0f}"
-                                                          for b in EVAL_BATCH_SIZES) for r in report["loop"])]
+                f"| {r['loop_vs_reference']:.2f}x | {r['loop_vs_other_format']:.2f}x ({r['other_format']}) "
+                f"| {r['loop_vs_plain_optimizer']:.2f}x "
+                f"| {r['ensemble_member_vs_loop']:.2f}x | {r['train_gflops']:.1f} "
+                f"| {r['train_percent_of_ceiling']:.0f}% | {r['eval_gflops']:.1f} ({r['eval_batch_size_best']}) "
+                f"| {r['eval_percent_of_ceiling']:.0f}% | {r['ceiling_gflops']:.0f} |")
+        lines += ["", "Evaluation: samples/s by batch size", "",
+                  "| threads | model | " + " | ".join(map(str, EVAL_BATCH_SIZES)) + " |",
+                  "|---|---|" + "---|" * len(EVAL_BATCH_SIZES)]
+        for r in report["loop"]:
+            lines.append(f"| {r['threads']} | {r['model']} | "
+                         + " | ".join(f"{r['samples_per_s'][f'eval_{b}']:.0f}" for b in EVAL_BATCH_SIZES) + " |")
     if report.get("compile"):
         r = report["compile"]
         lines += ["", f"torch.compile, default model, {r['threads']} thread(s): first epoch (compiling) "
-                      f"{r['compiled']['first_epoch_seconds']:.1f} s, then {r['compiled']['epoch_seconds']:.2f} s/epoch "
-                      f"against eager {r['eager']['epoch_seconds']:.2f} s/epoch ({r['steady_speedup']:.2f}x)"]
+                      f"{r['compiled']['first_epoch_seconds']:.1f} s, then {r['compiled']['epoch_seconds']:.2f} "
+                      f"s/epoch against eager {r['eager']['epoch_seconds']:.2f} s/epoch "
+                      f"({r['steady_speedup']:.2f}x)"]
     if report.get("sweeps"):
-        lines += ["", "Sweeps (wall time, jobs/hour, peak RSS of the largest process)", "",
+        lines += ["", "Sweeps: wall time, jobs/hour, peak RSS of the largest process", "",
                   "| model | mode | jobs done | seconds | jobs/hour | x one job per process | peak RSS MB |",
                   "|---|---|---|---|---|---|---|"]
         for r in report["sweeps"]:
@@ -375,6 +432,8 @@ def table(report: dict) -> str:
         lines += ["", f"{r['jobs']}-job lambda_search-style sweep of the default model ({r['mode']}, "
                       f"{' '.join(r['arguments'])}): {r['done']}/{r['jobs']} done in {r['seconds']:.0f} s "
                       f"({r['seconds'] / 60:.1f} min)"]
+    if targets(report):
+        lines += ["", "Targets:", *(f"- {line}" for line in targets(report))]
     return "\n".join(lines)
 
 
@@ -388,11 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the loop measurements")
     parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--sweep-models", nargs="+", default=["cnn", "lenet"], choices=MODELS)
+    parser.add_argument("--sweep-models", nargs="+", default=["cnn", "lenet", "mlp"], choices=MODELS)
     parser.add_argument("--modes", nargs="+", default=list(SWEEP_MODES), choices=SWEEP_MODES)
     parser.add_argument("--sweep-jobs", type=int, default=8)
     parser.add_argument("--full-sweep-jobs", type=int, default=100)
-    parser.add_argument("--full-sweep-mode", default="ensemble", choices=SWEEP_MODES)
+    parser.add_argument("--full-sweep-mode", choices=SWEEP_MODES,
+                        help="default: the mode with the most jobs/hour in the sweeps section")
     parser.add_argument("--data-root", type=Path, default=REPO / "data")
     parser.add_argument("--work-dir", type=Path, default=None, help="job folders (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -414,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         if "sweeps" in sections:
             report["sweeps"] = sweep_section(args, env)
         if "full" in sections:
-            report["full_sweep"] = full_sweep_section(args, env)
+            report["full_sweep"] = full_sweep_section(args, env, report.get("sweeps", []))
     report["machine"]["load_after"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -46,7 +46,7 @@ def load_user_checkpoint(path: str, build_model: Callable[[], torch.nn.Module], 
         state = read_checked(path)[1]["state_dict"]
     model = build_model()
     load_weights(model, state, path)
-    model.to(trainer.device)
+    trainer.place(model)
     return model, {"settings": {"checkpoint": str(path)}, **accuracies(model, data, trainer), "path": str(path)}
 
 
@@ -84,4 +84,4 @@ def confounded_model(data: XILData, build_model: Callable[[], torch.nn.Module], 
     load_weights(model, payload["state_dict"], path)
     record = json.loads(payload["record"])
     record["path"] = str(path)
-    return model.to(trainer.device), record
+    return trainer.place(model), record  # on the device, in the training memory format

@@ -68,12 +68,12 @@ def epoch_means(sums: list[float], n_batches: int, n_seen: int) -> dict:
 
 
 @torch.no_grad()
-def predict_logits(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict_logits(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
     return torch.cat([model(chunk) for chunk in x.split(batch_size)])
 
 
-def evaluate(model, split: Split, batch_size: int = 1000) -> dict:
+def evaluate(model, split: Split, batch_size: int = 256) -> dict:
     """Mean cross-entropy and accuracy of ``model`` on ``split``."""
     logits = predict_logits(model, split.x, batch_size)
     labels = split.labels
@@ -92,7 +92,7 @@ class FitResult:
 
 def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampler: MixedBatchSampler,
                              loss_fn: XILLoss, optimizer, max_epochs: int, patience: int,
-                             grad_clip: float | None = None, eval_batch_size: int = 1000,
+                             grad_clip: float | None = None, eval_batch_size: int = 256,
                              on_epoch: Callable[[int, dict], None] | None = None,
                              checkpoint: Path | None = None, resume: bool = False) -> FitResult:
     """Train until validation accuracy has not improved for ``patience`` epochs
@@ -162,7 +162,7 @@ class Trainer:
     def __init__(self, lr: float = 1e-3, optimizer: str = "adam", momentum: float = 0.9,
                  weight_decay: float = 0.0, max_epochs: int = 20, patience: int = 3,
                  grad_clip: float | None = None, device: str = "auto", num_threads: int | None = None,
-                 eval_batch_size: int = 1000, resume: bool = False):
+                 eval_batch_size: int = 256, resume: bool = False):
         require(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
         require_choice("optimizer", optimizer, OPTIMIZERS)
         require(isinstance(max_epochs, int) and max_epochs >= 1, "max_epochs", max_epochs, "an integer >= 1")
@@ -196,9 +196,10 @@ class Trainer:
 
     def make_optimizer(self, params, lr: float | None = None):
         lr = self.lr if lr is None else lr
+        # fused: one kernel per parameter instead of about ten; measured faster (README, "Speed")
         if self.optimizer_name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
+            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay, fused=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay, fused=True)
 
     def fit(self, model, train: Split, pool: Split, val: Split, sampler, loss_fn, on_epoch=None,
             checkpoint: Path | None = None) -> FitResult:

@@ -10,7 +10,8 @@ only one thread runs at a time. A job pauses where ``Trainer.fit`` would start
 training and hands over its ``FitRequest``; once a batch of ``max_members``
 jobs is prepared, the requests that fit together are trained as one ensemble
 and each job resumes with its result, to evaluate and record it. Jobs that
-cannot join an ensemble (see ``xilsweep.ensemble.signature``) train alone.
+cannot join an ensemble (see ``xilsweep.ensemble.signature``), or where
+vectorising does not pay (``vectorise=auto``, the default), train alone.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class EnsembleLauncherConf:
     _target_: str = "hydra_plugins.xilsweep_ensemble_launcher.ensemble_launcher.EnsembleLauncher"
     # Jobs prepared (and kept in memory) at a time, and the most trained as one model.
     max_members: int = 32
+    # auto: vectorise where it measured faster (see xilsweep.ensemble.vectorising_pays), train
+    # the other jobs one by one in this process; always: wherever the jobs allow it.
+    vectorise: str = "auto"
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="ensemble", node=EnsembleLauncherConf,
@@ -110,11 +114,13 @@ class JobThread:
 
 
 class EnsembleLauncher(Launcher):
-    def __init__(self, max_members: int = 32) -> None:
+    def __init__(self, max_members: int = 32, vectorise: str = "auto") -> None:
         super().__init__()
         if not isinstance(max_members, int) or max_members < 1:
             raise ValueError(f"hydra.launcher.max_members={max_members!r} is not allowed: an integer >= 1")
-        self.max_members = max_members
+        if vectorise not in ("auto", "always"):
+            raise ValueError(f"hydra.launcher.vectorise={vectorise!r} is not allowed: one of auto, always")
+        self.max_members, self.vectorise = max_members, vectorise
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -147,7 +153,7 @@ class EnsembleLauncher(Launcher):
         for job in jobs:
             job.resume()  # prepares the job and writes its folder; pauses at training
         waiting = [job for job in jobs if job.request is not None]
-        for group in ensembles([job.request for job in waiting], self.max_members):
+        for group in ensembles([job.request for job in waiting], self.max_members, self.vectorise):
             members = [waiting[i] for i in group]
             if len(members) == 1:
                 members[0].resume(TRAIN_ALONE)
