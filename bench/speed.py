@@ -36,11 +36,11 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -136,98 +136,119 @@ def flops_per_sample(model) -> tuple[float, float]:
     return forward, counter.get_total_flops()
 
 
+class LoopCase:
+    """One model's loop variants, built once and trained on round after round."""
+
+    def __init__(self, args, model_name: str):
+        self.name = model_name
+        self.cfg = cfg = config(job_overrides(args, model_name))
+        self.trainer, self.loss_fn = build(cfg, "trainer"), build(cfg, "loss")
+        self.data = build(cfg, "data").load()
+        self.sampler = build(cfg, "sampler", n_confounded=len(self.data.train))
+        self.pools = [UserCorrectedDataset(self.data.train, self.sampler.pool_size, self.sampler.correction,
+                                           seed=seed).corrected for seed in range(ENSEMBLE_SIZE)]
+        self.merged = concat(self.data.train, self.pools[0])
+        torch.manual_seed(0)
+        self.start_model = build(cfg, "model")
+        self.forward_flops, self.train_flops = flops_per_sample(self.start_model)
+        self.other = "contiguous" if self.trainer.memory_format == torch.channels_last else "channels_last"
+        # xilsweep's loop; the same with the other memory format or torch's default optimiser
+        # implementation; the plain reference (channels-first model, default optimiser, DataLoader)
+        self.loops = {"xilsweep": self.fresh(), f"xilsweep_{self.other}": self.fresh(FORMATS[self.other]),
+                      "xilsweep_plain_optimizer": self.fresh(plain_optimizer=True),
+                      "reference": self.fresh(torch.contiguous_format, plain_optimizer=True)}
+        for model, optimizer in self.loops.values():  # first calls build kernels and caches: not timed
+            train_one_epoch(model, self.merged, self.sampler.batches(0)[:2], self.sampler.k, self.loss_fn, optimizer)
+            evaluate(model, self.data.val)
+
+    def fresh(self, memory_format=None, plain_optimizer=False):
+        """A copy of the start model, placed as Trainer does (or in ``memory_format``), with
+        xilsweep's optimiser (or torch's default implementation of it)."""
+        model = copy.deepcopy(self.start_model)
+        model = self.trainer.place(model) if memory_format is None else model.to(memory_format=memory_format)
+        optimizer = self.trainer.make_optimizer(model.parameters())
+        if plain_optimizer:
+            optimizer = type(optimizer)(model.parameters(), **{**optimizer.defaults, "fused": None})
+        return model, optimizer
+
+    def measure(self, epoch: int) -> dict[str, float]:
+        """Samples/s of one epoch of every variant, of evaluation per batch size, of an ensemble member."""
+        batches, k = self.sampler.batches(epoch), self.sampler.k
+        n_samples = sum(len(b) for b in batches)
+        loader = DataLoader(PairDataset(self.merged.x, self.merged.targets),
+                            batch_sampler=[b.tolist() for b in batches])
+        rates = {}
+        for name, (model, optimizer) in self.loops.items():
+            if name == "reference":
+                seconds = best_seconds(lambda: reference_epoch(model, loader, k, self.loss_fn, optimizer))
+            else:
+                seconds = best_seconds(lambda: train_one_epoch(model, self.merged, batches, k, self.loss_fn,
+                                                               optimizer))
+            rates[name] = n_samples / seconds
+        for size in EVAL_BATCH_SIZES:
+            seconds = best_seconds(lambda: evaluate(self.loops["xilsweep"][0], self.data.test, size))
+            rates[f"eval_{size}"] = len(self.data.test) / seconds
+        rates["ensemble_member"] = self.ensemble_member_rate()
+        return rates
+
+    def ensemble_member_rate(self) -> float:
+        """Training samples/s per member of a vectorised ensemble (members with their own seeds,
+        pools and batch order; one epoch on 320 training images, a 32-image validation)."""
+        train = self.data.train.subset(torch.arange(min(320, len(self.data.train))))
+        val = self.data.val.subset(torch.arange(32))
+        requests = []
+        for seed, pool in enumerate(self.pools):
+            model = self.trainer.place(copy.deepcopy(self.start_model))
+            sampler = build(self.cfg, "sampler", n_confounded=len(train), seed=seed)
+            requests.append(FitRequest(model, train, pool, val, sampler, build(self.cfg, "loss"),
+                                       self.trainer.make_optimizer(model.parameters()), max_epochs=1, patience=1,
+                                       eval_batch_size=self.trainer.eval_batch_size))
+        n_samples = len(train) + len(requests[0].sampler) * requests[0].sampler.k
+        return len(requests) * n_samples / best_seconds(lambda: fit_ensemble(requests))
+
+    def summary(self, threads: int, rates: dict[str, list[float]], ceilings: list[float]) -> dict:
+        best = {name: max(values) for name, values in rates.items()}
+        ceiling = max(ceilings)
+        eval_size = max(EVAL_BATCH_SIZES, key=lambda size: best[f"eval_{size}"])
+        train_gflops = best["xilsweep"] * self.train_flops / 1e9
+        eval_gflops = best[f"eval_{eval_size}"] * self.forward_flops / 1e9
+        return {
+            "threads": threads, "model": self.name, "memory_format": FORMAT_NAMES[self.trainer.memory_format],
+            "forward_mflop_per_sample": self.forward_flops / 1e6, "train_mflop_per_sample": self.train_flops / 1e6,
+            "ceiling_gflops": ceiling, "ceiling_gflops_all": ceilings,
+            "samples_per_s": best, "samples_per_s_all": rates,
+            "loop_vs_reference": best["xilsweep"] / best["reference"],
+            "loop_vs_other_format": best["xilsweep"] / best[f"xilsweep_{self.other}"], "other_format": self.other,
+            "loop_vs_plain_optimizer": best["xilsweep"] / best["xilsweep_plain_optimizer"],
+            "ensemble_member_vs_loop": best["ensemble_member"] / best["xilsweep"],
+            "train_gflops": train_gflops, "train_percent_of_ceiling": 100 * train_gflops / ceiling,
+            "eval_batch_size_best": eval_size, "eval_gflops": eval_gflops,
+            "eval_percent_of_ceiling": 100 * eval_gflops / ceiling,
+        }
+
+
 def loop_section(args) -> list[dict]:
-    """Samples/s and GFLOP/s of the training loops, per model and thread count."""
-    results = []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for model_name in args.models:
-            cfg = config(job_overrides(args, model_name))
-            trainer = build(cfg, "trainer")
-            data = build(cfg, "data").load()
-            sampler = build(cfg, "sampler", n_confounded=len(data.train))
-            loss_fn = build(cfg, "loss")
-            pools = [UserCorrectedDataset(data.train, sampler.pool_size, sampler.correction, seed=s).corrected
-                     for s in range(ENSEMBLE_SIZE)]
-            merged = concat(data.train, pools[0])
-            torch.manual_seed(0)
-            start_model = build(cfg, "model")
-            forward_flops, train_flops = flops_per_sample(start_model)
-
-            def fresh(memory_format=None, plain_optimizer=False):
-                """A copy of the start model, placed as Trainer does (or in ``memory_format``), with
-                xilsweep's optimiser (or torch's default implementation of it)."""
-                model = copy.deepcopy(start_model)
-                model = trainer.place(model) if memory_format is None else model.to(memory_format=memory_format)
-                optimizer = trainer.make_optimizer(model.parameters())
-                if plain_optimizer:
-                    optimizer = type(optimizer)(model.parameters(), **{**optimizer.defaults, "fused": None})
-                return model, optimizer
-
-            other = "contiguous" if trainer.memory_format == torch.channels_last else "channels_last"
-            loops = {"xilsweep": fresh(), f"xilsweep_{other}": fresh(FORMATS[other]),
-                     "xilsweep_plain_optimizer": fresh(plain_optimizer=True),
-                     "reference": fresh(torch.contiguous_format, plain_optimizer=True)}
-            timings: dict[str, list[float]] = {}
-            warm_up = sampler.batches(0)[:2]  # first calls build kernels and caches: not timed
-            for model, optimizer in loops.values():
-                train_one_epoch(model, merged, warm_up, sampler.k, loss_fn, optimizer)
-                evaluate(model, data.val)
-            loop_model = loops["xilsweep"][0]
-            for epoch in range(args.repeats):
-                batches = sampler.batches(epoch)
-                loader = DataLoader(PairDataset(merged.x, merged.targets), batch_sampler=[b.tolist() for b in batches])
-                n_samples = sum(len(b) for b in batches)
-                timings.setdefault("ceiling", []).append(matmul_gflops(args.matmul_size))
-                for name, (model, optimizer) in loops.items():
-                    if name == "reference":
-                        seconds = best_seconds(lambda: reference_epoch(model, loader, sampler.k, loss_fn, optimizer))
-                    else:
-                        seconds = best_seconds(lambda: train_one_epoch(model, merged, batches, sampler.k, loss_fn,
-                                                                       optimizer))
-                    timings.setdefault(name, []).append(n_samples / seconds)
-                for size in EVAL_BATCH_SIZES:
-                    seconds = best_seconds(lambda: evaluate(loop_model, data.test, size))
-                    timings.setdefault(f"eval_{size}", []).append(len(data.test) / seconds)
-            timings["ensemble_member"] = [ensemble_samples_per_second(start_model, trainer, data, pools, cfg)]
-            ceiling = max(timings["ceiling"])
-            variants = {name: max(values) for name, values in timings.items()}
-            best_eval = max(EVAL_BATCH_SIZES, key=lambda s: variants[f"eval_{s}"])
-            train_gflops = variants["xilsweep"] * train_flops / 1e9
-            eval_gflops = variants[f"eval_{best_eval}"] * forward_flops / 1e9
-            results.append({
-                "threads": threads, "model": model_name, "memory_format": FORMAT_NAMES[trainer.memory_format],
-                "forward_mflop_per_sample": forward_flops / 1e6, "train_mflop_per_sample": train_flops / 1e6,
-                "ceiling_gflops": ceiling, "ceiling_gflops_median": statistics.median(timings["ceiling"]),
-                "samples_per_s": variants, "samples_per_s_all": timings,
-                "loop_vs_reference": variants["xilsweep"] / variants["reference"],
-                "loop_vs_other_format": variants["xilsweep"] / variants[f"xilsweep_{other}"],
-                "other_format": other,
-                "loop_vs_plain_optimizer": variants["xilsweep"] / variants["xilsweep_plain_optimizer"],
-                "ensemble_member_vs_loop": variants["ensemble_member"] / variants["xilsweep"],
-                "train_gflops": train_gflops, "train_percent_of_ceiling": 100 * train_gflops / ceiling,
-                "eval_batch_size_best": best_eval, "eval_gflops": eval_gflops,
-                "eval_percent_of_ceiling": 100 * eval_gflops / ceiling,
-            })
-            print(f"  loop: {threads} thread(s), {model_name}: {variants['xilsweep']:.0f} samples/s, "
-                  f"{results[-1]['loop_vs_reference']:.2f}x reference, "
-                  f"{results[-1]['train_percent_of_ceiling']:.0f}% of {ceiling:.0f} GFLOP/s", flush=True)
+    """Samples/s and GFLOP/s of the training loops, per thread count and model. The
+    rounds go over every (threads, model) in turn, so each is sampled at several
+    moments and the best of them is the least disturbed by other work."""
+    cases = [LoopCase(args, name) for name in args.models]
+    rates = {(t, c.name): defaultdict(list) for t in args.threads for c in cases}
+    ceilings = defaultdict(list)
+    for epoch in range(args.repeats):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            ceilings[threads].append(matmul_gflops(args.matmul_size))
+            for case in cases:
+                for name, rate in case.measure(epoch).items():
+                    rates[threads, case.name][name].append(rate)
+        print(f"  loop: round {epoch + 1}/{args.repeats} done", flush=True)
+    results = [case.summary(threads, dict(rates[threads, case.name]), ceilings[threads])
+               for threads in args.threads for case in cases]
+    for r in results:
+        print(f"  loop: {r['threads']} thread(s), {r['model']}: {r['samples_per_s']['xilsweep']:.0f} samples/s, "
+              f"{r['loop_vs_reference']:.2f}x reference, {r['train_percent_of_ceiling']:.0f}% of "
+              f"{r['ceiling_gflops']:.0f} GFLOP/s", flush=True)
     return results
-
-
-def ensemble_samples_per_second(start_model, trainer, data, pools, cfg) -> float:
-    """Training samples/s per member of a vectorised ensemble (members with their own seeds,
-    pools and batch order; one epoch on the first 640 training images, a 32-image validation)."""
-    train, val = data.train.subset(torch.arange(min(640, len(data.train)))), data.val.subset(torch.arange(32))
-    requests = []
-    for seed, pool in enumerate(pools):
-        model = trainer.place(copy.deepcopy(start_model))
-        sampler = build(cfg, "sampler", n_confounded=len(train), seed=seed)
-        requests.append(FitRequest(model, train, pool, val, sampler, build(cfg, "loss"),
-                                   trainer.make_optimizer(model.parameters()), max_epochs=1, patience=1,
-                                   eval_batch_size=trainer.eval_batch_size))
-    n_samples = len(train) + len(requests[0].sampler) * requests[0].sampler.k
-    return len(requests) * n_samples / best_seconds(lambda: fit_ensemble(requests))
 
 
 def compile_section(args) -> dict:
@@ -445,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated: loop, compile, sweeps, full")
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count()}))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the loop measurements")
+    parser.add_argument("--repeats", type=int, default=4, help="rounds of the loop measurements")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--sweep-models", nargs="+", default=["cnn", "lenet", "mlp"], choices=MODELS)
     parser.add_argument("--modes", nargs="+", default=list(SWEEP_MODES), choices=SWEEP_MODES)

@@ -160,6 +160,9 @@ class EnsembleLauncher(Launcher):
                 continue
             log.info("training jobs %s as one vectorised model",
                      ", ".join(f"#{m.config.hydra.job.num}" for m in members))
-            results = fit_ensemble([m.request for m in members], around=lambda i: members[i].turn())
+            try:
+                results = fit_ensemble([m.request for m in members], around=lambda i: members[i].turn())
+            except Exception as e:  # the ensemble itself failed: each job fails with it and records why
+                results = [e] * len(members)
             for member, result in zip(members, results):
                 member.resume(result)
