@@ -172,7 +172,7 @@ class Trainer:
         require(device != "cuda" or torch.cuda.is_available(), "device", device,
                 "cuda only where a CUDA GPU is visible (use auto or cpu)")
         require(num_threads is None or (isinstance(num_threads, int) and num_threads >= 1),
-                "num_threads", num_threads, "null (from OMP_NUM_THREADS, else all cores) or an integer >= 1")
+                "num_threads", num_threads, "null (from OMP_NUM_THREADS, else 1) or an integer >= 1")
         require(isinstance(eval_batch_size, int) and eval_batch_size >= 1, "eval_batch_size",
                 eval_batch_size, "an integer >= 1")
         self.lr, self.optimizer_name, self.momentum, self.weight_decay = float(lr), optimizer, momentum, weight_decay
@@ -180,7 +180,9 @@ class Trainer:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                    else "cpu" if device == "auto" else device)
         # Launchers other than joblib do not limit threads; parallel jobs must not oversubscribe.
-        self.num_threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count()
+        # One thread unless told: these small models gain 1.25x from a second thread on an idle
+        # 2-core machine but lose 25x when another process holds a core (measured, README "Speed").
+        self.num_threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or 1
         self.eval_batch_size = eval_batch_size
         require(isinstance(resume, bool), "resume", resume, "true or false")
         self.resume = resume
