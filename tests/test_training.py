@@ -67,15 +67,15 @@ def test_nan_loss_stops_training_with_a_clear_message(data):
 
 
 def test_confounded_model_is_trained_on_the_whole_split_whatever_n_train(data_root):
-    from xilsweep.confounded import confounded_model
     from xilsweep.data import ConfoundedMNIST08
+    from xilsweep.pretrain import Pretraining
 
     records = []
     for n_train in (100, 300):
         data = ConfoundedMNIST08(root=str(data_root), n_train=n_train).load()
         assert len(data.train) == n_train and len(data.pretrain_split) == 1751
-        _, record = confounded_model(data, small_cnn, {"test": "small_cnn"}, Trainer(device="cpu"),
-                                     epochs=1, lr=1e-3, batch_size=64, seed=0)
+        _, record = Pretraining(epochs=1).confounded_model(data, small_cnn, {"test": "small_cnn"},
+                                                           Trainer(device="cpu"))
         records.append(record)
     assert records[0]["path"] == records[1]["path"]
     assert records[0]["test_accuracy"] == records[1]["test_accuracy"]

@@ -29,7 +29,7 @@ MNIST_FILES = {
 }
 SOURCES = ("bundled", "full")
 POSITION_RULES = ("random", "corners")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: dots on border-connected background only, decorrelated training split
 
 
 @dataclass
@@ -72,7 +72,9 @@ class XILData:
 
     ``train`` is what fine-tuning uses (a subset when ``n_train`` is set);
     ``full_train`` is the whole confounded training split the confounded
-    model is trained on (None: same as ``train``).
+    model is trained on (None: same as ``train``); ``decorrelated_train``
+    holds the same training images with the confounder on a random half of
+    every class, what the oracle (the floor of every reliance metric) learns from.
     """
 
     train: Split
@@ -82,6 +84,7 @@ class XILData:
     key: str
     directory: Path
     full_train: Split | None = None
+    decorrelated_train: Split | None = None
 
     @property
     def pretrain_split(self) -> Split:
@@ -119,39 +122,75 @@ class Confounder:
             require(0 <= value <= 1, name, value, "a number in [0, 1]")
 
     def dot_masks(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Masks [N, 1, H, W] of n_dots dots per image, on background only."""
+        """Masks [N, 1, H, W] of up to n_dots separate dots per image.
+
+        A dot and a one-pixel margin around it lie on background connected to
+        the image border, never in an enclosed hole (a dot inside a 0 would
+        draw an 8's crossing), and dots never touch each other, so each one is
+        a square of its own. An image with too little room gets fewer dots.
+        """
         n, _, h, w = x.shape
         s = self.dot_size
-        cols = w - s + 1  # top-left positions per row
+        rows, cols = h - s + 1, w - s + 1  # top-left positions
+        top_left = torch.zeros(n, rows * cols)
         if self.positions == "corners":
             near, far_row, far_col = 1, h - 1 - s, w - 1 - s
             corners = torch.tensor([near * cols + near, near * cols + far_col,
                                     far_row * cols + near, far_row * cols + far_col])
-            flat, free = corners[: self.n_dots].expand(n, -1), None
+            top_left[:, corners[: self.n_dots]] = 1.0
         else:
-            # A dot may go where the dot and a 1-pixel margin around it are background.
-            ink = F.max_pool2d((x > 0).float(), kernel_size=s + 2, stride=1, padding=1)
-            free = ink[:, 0, : h - s + 1, :cols] == 0
-            scores = torch.rand(free.shape, generator=generator).masked_fill(~free, -1.0)
-            flat = scores.flatten(1).topk(self.n_dots, dim=1).indices
-        top_left = torch.zeros(n, (h - s + 1) * cols)
-        top_left.scatter_(1, flat, 1.0)
-        if free is not None:
-            top_left = top_left * free.flatten(1)
-        top_left = top_left.view(n, 1, h - s + 1, cols)
+            blocked = (~border_background(x)).float()
+            free = F.max_pool2d(blocked, kernel_size=s + 2, stride=1, padding=1)[:, 0, :rows, :cols] == 0
+            scores = torch.rand(free.shape, generator=generator).masked_fill(~free, -1.0).flatten(1)
+            row_of, col_of = torch.arange(rows).view(1, -1, 1), torch.arange(cols).view(1, 1, -1)
+            for _ in range(self.n_dots):  # one dot per image per step, all images at once
+                best, where = scores.max(1)
+                placed = (best >= 0).float().view(-1, 1)
+                top_left.scatter_add_(1, where.view(-1, 1), placed)
+                # no later dot within a dot's width plus a gap of this one
+                r, c = (where // cols).view(-1, 1, 1), (where % cols).view(-1, 1, 1)
+                near = ((row_of - r).abs() <= s) & ((col_of - c).abs() <= s)
+                scores = scores.masked_fill(near.flatten(1), -1.0)
         # Spread each top-left marker over an s x s square.
-        square = F.conv_transpose2d(top_left, torch.ones(1, 1, s, s))
+        square = F.conv_transpose2d(top_left.view(n, 1, rows, cols), torch.ones(1, 1, s, s))
         return square > 0
 
-    def apply(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, dot_all: bool = False):
-        """Dot a share of the 8s (and optionally 0s); returns (images, masks)."""
-        if dot_all:
-            chosen = torch.ones(len(x), dtype=torch.bool)
-        else:
+    def apply(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, chosen: torch.Tensor | None = None):
+        """Dot the images ``chosen`` (default: the configured share of 8s and 0s); returns (images, masks)."""
+        if chosen is None:
             share = torch.where(labels == CONFOUNDED_CLASS, self.fraction_eights, self.fraction_zeros)
             chosen = torch.rand(len(x), generator=generator) < share
         masks = self.dot_masks(x, generator) & chosen.view(-1, 1, 1, 1)
         return torch.where(masks, torch.tensor(self.intensity), x), masks
+
+
+def border_background(x: torch.Tensor) -> torch.Tensor:
+    """Background pixels (value 0) that a 4-connected path of background links
+    to the image border: everything outside the digit, not its enclosed holes."""
+    background = (x == 0)[:, 0]
+    reached = torch.zeros_like(background)
+    reached[:, 0, :] = reached[:, -1, :] = reached[:, :, 0] = reached[:, :, -1] = True
+    reached &= background
+    while True:  # grow from the border through background until nothing changes
+        grown = reached.clone()
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown[:, :, 1:] |= reached[:, :, :-1]
+        grown[:, :, :-1] |= reached[:, :, 1:]
+        grown &= background
+        if torch.equal(grown, reached):
+            return reached.unsqueeze(1)
+        reached = grown
+
+
+def half_of_each_class(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A seeded choice of half the samples of every class (rounded down), so a
+    confounder put on them says nothing about the label."""
+    chosen = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique():
+        members = torch.nonzero(labels == label).flatten()
+        chosen[members[torch.randperm(len(members), generator=generator)[: len(members) // 2]]] = True
+    return chosen
 
 
 def _extract(raw_dir: Path, name: str) -> Path:
@@ -276,7 +315,8 @@ class CachedMNISTData:
             train = train.subset(torch.randperm(len(train), generator=g)[: self.n_train].sort().values)
         return XILData(train=train, val=split(train_payload, "val"), test=split(test_payload, "test"),
                        test_dotted=split(test_payload, "test_dotted"), key=self.key,
-                       directory=self.directory, full_train=full_train)
+                       directory=self.directory, full_train=full_train,
+                       decorrelated_train=split(train_payload, "train_decorrelated"))
 
     def split_indices(self, n: int, generator: torch.Generator):
         """Seeded (validation, training) indices of ``n`` training digits."""
@@ -316,16 +356,18 @@ class ConfoundedMNIST08(CachedMNISTData):
         x, y = _digits_0_and_8(*load_mnist(self.mnist_root, train=True, download=download))
         val_idx, train_idx = self.split_indices(len(x), g)
 
-        def confounded(x_part, y_part, dotted: bool, dot_all: bool = False):
+        def confounded(x_part, y_part, dotted: bool, chosen: torch.Tensor | None = None):
             if dotted:
-                xd, m = self.confounder.apply(x_part, y_part, g, dot_all=dot_all)
+                xd, m = self.confounder.apply(x_part, y_part, g, chosen)
             else:
                 xd, m = x_part, torch.zeros_like(x_part, dtype=torch.bool)
             return Split(xd, F.one_hot(y_part, len(DIGITS)).float(), m).to_file()
 
         train = confounded(x[train_idx], y[train_idx], True)
         val = confounded(x[val_idx], y[val_idx], self.val_confounded)
+        decorrelated = confounded(x[train_idx], y[train_idx], True, half_of_each_class(y[train_idx], g))
         xt, yt = _digits_0_and_8(*load_mnist(self.mnist_root, train=False, download=download))
         test = confounded(xt, yt, False)
-        test_dotted = confounded(xt, yt, True, dot_all=True)
-        return {"train": train, "val": val}, {"test": test, "test_dotted": test_dotted}
+        test_dotted = confounded(xt, yt, True, torch.ones(len(xt), dtype=torch.bool))
+        return ({"train": train, "val": val, "train_decorrelated": decorrelated},
+                {"test": test, "test_dotted": test_dotted})

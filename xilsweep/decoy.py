@@ -73,12 +73,14 @@ class DecoyMNIST(CachedMNISTData):
 
         images, labels = load_mnist(self.mnist_root, train=True, download=download)
         val_idx, train_idx = self.split_indices(len(images), g)
-        n_val = len(val_idx)
         train = decoyed(images[train_idx], labels[train_idx], labels[train_idx])
-        val_shades = labels[val_idx] if self.val_confounded else random_digits(n_val)
+        val_shades = labels[val_idx] if self.val_confounded else random_digits(len(val_idx))
         val = decoyed(images[val_idx], labels[val_idx], val_shades)
-        images, labels = load_mnist(self.mnist_root, train=False, download=download)
-        test = decoyed(images, labels, random_digits(len(labels)))
-        wrong = (labels + torch.randint(1, NUM_CLASSES, (len(labels),), generator=g)) % NUM_CLASSES
-        test_dotted = decoyed(images, labels, wrong)
-        return {"train": train, "val": val}, {"test": test, "test_dotted": test_dotted}
+        test_images, test_labels = load_mnist(self.mnist_root, train=False, download=download)
+        test = decoyed(test_images, test_labels, random_digits(len(test_labels)))
+        wrong = (test_labels + torch.randint(1, NUM_CLASSES, (len(test_labels),), generator=g)) % NUM_CLASSES
+        test_dotted = decoyed(test_images, test_labels, wrong)
+        # the oracle's: the same training digits, patch shades unrelated to the label
+        decorrelated = decoyed(images[train_idx], labels[train_idx], random_digits(len(train_idx)))
+        return ({"train": train, "val": val, "train_decorrelated": decorrelated},
+                {"test": test, "test_dotted": test_dotted})

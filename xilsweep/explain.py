@@ -25,7 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
-from xilsweep.confounded import load_weights
+from xilsweep.pretrain import load_weights
 from xilsweep.errors import DataError
 from xilsweep.reasons import overlay, view_images
 from xilsweep.run import ConfigError, prepare

@@ -2,18 +2,22 @@
 metrics of how much they rest on the confounder (the dots).
 
 Explainers (config group ``explainer``) turn a batch of images into
-non-negative attribution maps ``[N, 1, H, W]`` for the class the model
-predicts: ``GradCAM`` (captum ``LayerGradCam`` on the model's last
-convolution, ReLU'd, bilinearly upsampled to the input size) or
-``InputGradients`` (``|d logit / d x|``, captum ``Saliency``). The metric
-functions work on whole batches of maps and masks; ``Explainer.reasons``
-computes all of them for one model on the test set with a few batched passes.
+non-negative attribution maps ``[N, 1, H, W]`` for the true or the predicted
+class: ``InputGradients`` (``|d logit / d x|``, captum ``Saliency``, the
+default) or ``GradCAM`` (captum ``LayerGradCam`` on the model's last
+convolution, ReLU'd, each unit placed at the centre of its receptive field).
+The metric functions work on whole batches of maps and masks;
+``Explainer.reasons`` computes all of them for one model on the test set with
+a few batched passes, and ``shortcut_removed`` reads a figure between the
+oracle (floor) and the confounded model (ceiling).
 """
 
 from __future__ import annotations
 
 import torch
-from captum.attr import LayerAttribution, LayerGradCam, Saliency
+import torch.nn.functional as F
+from captum.attr import LayerGradCam, Saliency
+from torch import nn
 
 from xilsweep.data import Split, XILData
 from xilsweep.errors import SettingError, require
@@ -27,6 +31,12 @@ REASON_TAGS = {
     "test_dotted_accuracy": "Accuracy/test_dotted",
 }
 THRESHOLD_RULES = ("mean",)
+TARGETS = ("label", "predicted")
+# Full range of each reliance metric; a reference gap under MIN_GAP of it is too small to read
+# a share of the shortcut removed from.
+RELIANCE_RANGES = {"dot_flip_rate": 1.0, "test_dotted_accuracy": 1.0, "attribution_in_mask": 1.0,
+                   "wrong_reason_score": 100.0}
+MIN_GAP = 0.05
 # Images per forward/backward pass: batched, and small enough for the CPU caches (on the
 # default CNN 256 is about 1.7x faster per image than 1000) and for memory on large test sets.
 CHUNK = 256
@@ -78,6 +88,23 @@ def dot_flip_rate(clean_pred: torch.Tensor, dotted_pred: torch.Tensor, labels: t
     return (dotted_pred[eligible] == confounded_class).float().mean().item()
 
 
+def shortcut_removed(confounded: float | None, corrected: float | None, oracle: float | None,
+                     span: float = 1.0) -> float | None:
+    """The share of the shortcut removed, ``(confounded - corrected) / (confounded - oracle)``:
+    1 = as free of the confounder as the oracle, 0 = no change from the confounded model.
+    None where a figure is missing or the references differ by less than ``MIN_GAP * span``,
+    too little to measure a share against."""
+    if confounded is None or corrected is None or oracle is None or abs(confounded - oracle) < MIN_GAP * span:
+        return None
+    return (confounded - corrected) / (confounded - oracle)
+
+
+def shortcut_removed_all(confounded: dict, corrected: dict, oracle: dict) -> dict:
+    """``shortcut_removed`` of every reliance metric the three records share."""
+    return {key: shortcut_removed(confounded.get(key), corrected.get(key), oracle.get(key), span)
+            for key, span in RELIANCE_RANGES.items()}
+
+
 def overlay(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """RGB images [N, 3, H, W]: the grayscale input at half brightness (so the
     heat stands out against white ink and dots) blended with the map, scaled to
@@ -105,8 +132,12 @@ def view_images(data: XILData, corrected: Split, original: Split, confounded_cla
 
 
 class Explainer:
-    """Attribution maps for the predicted class, and the reason metrics built on them.
+    """Attribution maps, and the reason metrics built on them.
 
+    ``target`` is the class the metrics explain: ``label``, the true class (default: every
+    model is asked the same question, what in a dotted 8 speaks for "8", so
+    the confounded model, the oracle and a corrected model are compared on
+    equal terms) or ``predicted`` (why the model decided as it did).
     ``threshold`` binarises the maps for ``wrong_reason_score`` (``mean`` or a
     number in [0, 1]); ``n_images`` caps the dotted test images explained per
     evaluation (null: all).
@@ -114,13 +145,14 @@ class Explainer:
 
     name = "explainer"
 
-    def __init__(self, threshold: float | str = "mean", n_images: int | None = None):
+    def __init__(self, threshold: float | str = "mean", n_images: int | None = None, target: str = "label"):
         require(threshold in THRESHOLD_RULES or (isinstance(threshold, (int, float))
                                                  and not isinstance(threshold, bool) and 0 <= threshold <= 1),
                 "threshold", threshold, "mean (the literature's data-dependent threshold) or a number in [0, 1]")
         require(n_images is None or (isinstance(n_images, int) and not isinstance(n_images, bool) and n_images >= 1),
                 "n_images", n_images, "null (all) or an integer >= 1")
-        self.threshold, self.n_images = threshold, n_images
+        require(target in TARGETS, "target", target, " | ".join(TARGETS))
+        self.threshold, self.n_images, self.target = threshold, n_images, target
 
     def check(self, model: torch.nn.Module) -> None:
         """Raise a SettingError when this method cannot explain ``model``."""
@@ -165,15 +197,44 @@ class Explainer:
         explained = torch.nonzero(has_dots & (labels == c) if c is not None else has_dots).flatten()
         explained = explained[: self.n_images]
         if len(explained):
-            maps = self.attribute(model, dotted.x[explained], dotted_pred[explained])
+            target = labels if self.target == "label" else dotted_pred
+            maps = self.attribute(model, dotted.x[explained], target[explained])
             masks = dotted.mask[explained]
             result["attribution_in_mask"] = attribution_in_mask(maps, masks).mean().item()
             result["wrong_reason_score"] = wrong_reason_score(maps, masks, self.threshold).mean().item()
         return result
 
 
+def receptive_field(layers) -> tuple[int, float]:
+    """``(stride, offset)`` of the output units of a stack of convolutions and
+    poolings: unit ``r`` of the last layer is centred on input pixel
+    ``offset + stride * r`` (pixel centres at integer coordinates)."""
+    stride, offset = 1, 0.0
+    for layer in layers:
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            kernel, step, padding = (layer.kernel_size, layer.stride, layer.padding)
+            kernel, step, padding = (v[0] if isinstance(v, tuple) else v for v in (kernel, step, padding))
+            offset += ((kernel - 1) / 2 - padding) * stride
+            stride *= step
+    return stride, offset
+
+
+def align_to_input(maps: torch.Tensor, stride: int, offset: float, size: tuple[int, int]) -> torch.Tensor:
+    """Layer maps [N, C, h, w] resampled (bilinearly) to the input ``size`` so
+    that each unit lands on the centre of its receptive field; plain resizing
+    would stretch the map over the whole image and shift it towards the border."""
+    h, w = maps.shape[-2:]
+    rows = (torch.arange(size[0], dtype=maps.dtype) - offset) / stride  # map coordinate of each input pixel
+    cols = (torch.arange(size[1], dtype=maps.dtype) - offset) / stride
+    grid_y = (2 * rows / max(h - 1, 1) - 1).view(-1, 1).expand(size)
+    grid_x = (2 * cols / max(w - 1, 1) - 1).view(1, -1).expand(size)
+    grid = torch.stack([grid_x, grid_y], dim=-1).to(maps.device).expand(len(maps), *size, 2)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
 class GradCAM(Explainer):
-    """captum LayerGradCam on ``model.last_conv``, ReLU'd, upsampled (bilinear) to the input size."""
+    """captum LayerGradCam on ``model.last_conv``, ReLU'd, each unit placed at
+    its receptive field's centre in the input (``align_to_input``)."""
 
     name = "gradcam"
 
@@ -184,7 +245,9 @@ class GradCAM(Explainer):
 
     def _maps(self, model, x, target):
         cam = LayerGradCam(model, model.last_conv).attribute(x, target=target, relu_attributions=True)
-        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        layers = list(model.features)
+        stride, offset = receptive_field(layers[: layers.index(model.last_conv) + 1])
+        return align_to_input(cam, stride, offset, tuple(x.shape[-2:]))
 
 
 class InputGradients(Explainer):

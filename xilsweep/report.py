@@ -42,11 +42,17 @@ VAL_LOSS, TRAIN_LOSS, TRAIN_ACC = "best_val_loss", "train_loss", "train_accuracy
 # Newer metrics (right-reason metrics); shown when present.
 OPTIONAL_METRICS = ("test_dotted_accuracy", "attribution_in_mask", "wrong_reason_score", "dot_flip_rate")
 METRICS = (VAL, TEST, *OPTIONAL_METRICS)
-SUMMARY_METRICS = (*METRICS, VAL_LOSS, TRAIN_LOSS, TRAIN_ACC)
+# Question 4 of the guide, read between the oracle (floor) and the confounded model (ceiling).
+RELIANCE = (TEST, "dot_flip_rate", "test_dotted_accuracy", "attribution_in_mask")
+REMOVED = ("removed.dot_flip_rate", "removed.attribution_in_mask")
+REFERENCES = {"oracle": "oracle (floor)", "confounded": "confounded (ceiling)"}
+SUMMARY_METRICS = (*METRICS, *REMOVED, VAL_LOSS, TRAIN_LOSS, TRAIN_ACC)
 CONFOUNDED_METRICS = (TEST, *OPTIONAL_METRICS)
 LABELS = {VAL: "best val acc %", TEST: "test acc %", "test_dotted_accuracy": "dotted test acc %",
           "attribution_in_mask": "attribution in mask", "wrong_reason_score": "wrong-reason score",
-          "dot_flip_rate": "dot flip rate", "epochs_run": "epochs", TRAIN_LOSS: "last train loss",
+          "dot_flip_rate": "dot flip rate", "epochs_run": "epochs",
+          "removed.dot_flip_rate": "shortcut removed (flip rate)",
+          "removed.attribution_in_mask": "shortcut removed (attribution)", TRAIN_LOSS: "last train loss",
           TRAIN_ACC: "last train acc %"}
 
 
@@ -173,13 +179,17 @@ def job_table(jobs: list[Job], varied: list[str]) -> pd.DataFrame:
         row.update({name: m.get(name) for name in METRICS})
         best = [h for h in m.get("history") or [] if h.get("epoch") == m.get("best_epoch")]
         row[VAL_LOSS] = best[0].get("val_loss") if best else None
-        confounded = m.get("confounded") or {}
-        row.update({f"confounded.{name}": confounded.get(name) for name in CONFOUNDED_METRICS})
+        for kind in REFERENCES:
+            reference = m.get(kind) or {}
+            row.update({f"{kind}.{name}": reference.get(name) for name in CONFOUNDED_METRICS})
+            row[f"{kind}.path"] = reference.get("path")
+        removed = m.get("shortcut_removed") or {}
+        row.update({name: removed.get(name.split(".", 1)[1]) for name in REMOVED})
         row["seconds"] = m.get("seconds")
         row["reason"] = job.reason
         rows.append(row)
     table = pd.DataFrame(rows)
-    optional = [c for c in table if c in OPTIONAL_METRICS or c.startswith("confounded.")]
+    optional = [c for c in table if c in OPTIONAL_METRICS or c in REMOVED or c.startswith(tuple(REFERENCES))]
     return table.drop(columns=[c for c in optional if table[c].isna().all()])
 
 
@@ -227,12 +237,12 @@ def fmt(value, column: str = "", magnitude: float | None = None) -> str:
         return ""
     if not isinstance(value, float):
         return str(value)
-    metric = column.removeprefix("confounded.")
+    metric = column.split(".", 1)[1] if column.startswith(tuple(REFERENCES)) else column
     if metric.endswith("accuracy"):
         return f"{100 * value:.2f}"
     if metric.endswith("loss"):
         return f"{value:.3g}"
-    if metric in METRICS:
+    if metric in METRICS or metric in REMOVED:
         return f"{value:.{3 if abs(value if magnitude is None else magnitude) < 10 else 1}f}"
     return f"{value:g}"
 
@@ -261,6 +271,55 @@ def summary_markdown(summary: pd.DataFrame, varied: list[str]) -> str:
                 fmt(m, metric) if pd.isna(s) else f"{fmt(m, metric)} ± {fmt(s, metric, magnitude=m)}"
                 for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
     return markdown(shown)
+
+
+def mean_std(values, column: str) -> str:
+    values = pd.Series(values, dtype=float).dropna()
+    if values.empty:
+        return ""
+    if len(values) == 1:
+        return fmt(values.iloc[0], column)
+    return f"{fmt(values.mean(), column)} ± {fmt(values.std(), column, magnitude=values.mean())}"
+
+
+def reliance_markdown(table: pd.DataFrame, summary: pd.DataFrame, varied: list[str]) -> str:
+    """Question 4: per setting, clean test accuracy and the reliance figures (mean ± std over
+    seeds) and the share of the shortcut removed, under the oracle's and the confounded model's
+    rows (mean ± std over the distinct reference models of the sweep's finished jobs)."""
+    keys = [k for k in varied if k != SEED]
+    done = table[table.status == "done"]
+    columns = [c for c in (*RELIANCE, *REMOVED) if c in done and done[c].notna().any()]
+    rows = []
+    for kind, label in REFERENCES.items():
+        if f"{kind}.path" not in done:
+            continue
+        models = done.drop_duplicates(f"{kind}.path")
+        rows.append({**{k: label if i == 0 else "" for i, k in enumerate(keys or ["setting"])}, "n": len(models),
+                     **{LABELS[c]: mean_std(models.get(f"{kind}.{c}"), c) if c in RELIANCE else ""
+                        for c in columns}})
+    for _, row in summary.iterrows():
+        rows.append({**{k: fmt(row[k]) for k in keys or ["setting"] if k in row}, "n": int(row["n"]),
+                     **{LABELS[c]: fmt(row[f"{c}_mean"], c) if pd.isna(row[f"{c}_std"]) else
+                        f"{fmt(row[f'{c}_mean'], c)} ± {fmt(row[f'{c}_std'], c, magnitude=row[f'{c}_mean'])}"
+                        for c in columns}})
+    shown = pd.DataFrame(rows).fillna("")
+    names = list(shown.columns)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(str(row[c]) for c in names) + " |" for _, row in shown.iterrows()]
+    return "\n".join(lines)
+
+
+def seed_note(table: pd.DataFrame) -> str:
+    """What the seed spread covers: one shared confounded model, or one per seed."""
+    done = table[table.status == "done"]
+    if "confounded.path" not in done or done.empty:
+        return ""
+    n_models = done["confounded.path"].nunique()
+    if n_models > 1:
+        return (f"{n_models} distinct confounded models (and oracles) start these jobs: the spread over seeds "
+                "includes the reference models' own training.")
+    return ("One confounded model starts every job: the spread over seeds covers fine-tuning only "
+            "(pretrain.seed=${seed} trains one pair of reference models per seed).")
 
 
 def settings_line(jobs: list[Job]) -> str:
@@ -492,25 +551,25 @@ def write_report(sweep_dir: Path) -> str:
         best_job = max(done, key=lambda j: j.metrics[VAL])
         plots["training_curves_best.png"] = plot_training_curves(best_job, out / "training_curves_best.png")
 
-    # The confounded model is usually the same for every job: one line instead of constant columns.
-    confounded = {c.split(".", 1)[1]: table[c].dropna().unique() for c in table if c.startswith("confounded.")}
-    same = {name: float(values[0]) for name, values in confounded.items() if len(values) == 1}
-    shown = table.drop(columns=["seconds", VAL_LOSS, *[f"confounded.{name}" for name in same]])
+    # The reference models are shown in the reliance table, not per job.
+    shown = table.drop(columns=["seconds", VAL_LOSS, *[c for c in table if c.startswith(tuple(REFERENCES))]])
     shown["job"] = [n if n != float("inf") else name for n, name in map(job_number, (j.folder for j in jobs))]
     lines = [f"# Sweep report: {sweep_dir}", "", counts_line(table) + ".", ""]
     if settings_line(jobs):
         lines += [f"Shared by all finished jobs: {settings_line(jobs)}.", ""]
-    if same:
-        lines += ["Confounded model (start of every job): " + ", ".join(
-            f"{LABELS[name].removesuffix(' %')} {fmt(value, name)}{'%' if name.endswith('accuracy') else ''}"
-            for name, value in same.items()) + ".", ""]
     optuna_file = sweep_dir / "optimization_results.yaml"
     if optuna_file.exists():
         lines += [f"Optuna: {yaml.safe_load(optuna_file.read_text())}", ""]
     lines += ["## Jobs", "", markdown(shown), "",
               "## Over seeds (mean ± std, n = finished seeds)", "",
-              summary_markdown(summary, varied) if len(summary) else "No finished jobs yet.", "",
-              "## Answers", ""]
+              summary_markdown(summary, varied) if len(summary) else "No finished jobs yet.", ""]
+    if len(summary) and "confounded.path" in table:
+        lines += ["## Does the model still rely on the confounder? (mean ± std over seeds)", "",
+                  reliance_markdown(table, summary, varied), "",
+                  "Shortcut removed: (confounded - corrected) / (confounded - oracle) per job, then averaged; "
+                  "1 = as free of the confounder as the oracle, 0 = no change, empty where the references "
+                  "differ too little to measure against. " + seed_note(table), ""]
+    lines += ["## Answers", ""]
     lines += [f"- {answer_fit(table, jobs)}"]
     if len(summary):
         lines += [f"- {answer(summary, varied)}" for answer in (answer_lr, answer_lambda, answer_losses, answer_pool)]

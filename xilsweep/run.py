@@ -27,12 +27,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import xilsweep
-from xilsweep.confounded import confounded_model, load_user_checkpoint
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.data import XILData
 from xilsweep.errors import DataError, NonFiniteLossError, SettingError
 from xilsweep.files import read_checked, save_state_dict
-from xilsweep.reasons import REASON_TAGS, view_images
+from xilsweep.reasons import REASON_TAGS, shortcut_removed_all, view_images
 from xilsweep.tracking import METRICS_FILE, RunRecorder, write_metrics
 
 log = logging.getLogger("xilsweep")
@@ -76,6 +75,8 @@ class Job:
     data: XILData
     model: torch.nn.Module
     confounded: dict
+    oracle_model: torch.nn.Module
+    oracle: dict
     pool: UserCorrectedDataset
     sampler: object
     loss: object
@@ -121,6 +122,7 @@ def prepare(cfg: DictConfig) -> Job:
         except SettingError as e:
             problems.append(str(e))
     attempt("sampler", n_confounded=1)  # its own settings; the data size comes later
+    pretrain = attempt("pretrain")
     data_spec = attempt("data")
     if problems:
         raise ConfigError("\n".join(problems))
@@ -142,16 +144,12 @@ def prepare(cfg: DictConfig) -> Job:
                                     confounded_class=confounded_class)
     except SettingError as e:
         raise ConfigError(str(e.in_group("sampler"))) from None
-    pre = cfg.pretrain
     try:
-        if pre.checkpoint is not None:
-            model, record = load_user_checkpoint(pre.checkpoint, build_model, data, trainer)
-        else:
-            model, record = confounded_model(data, build_model, model_settings, trainer,
-                                             pre.epochs, pre.lr, pre.batch_size, pre.seed)
+        model, record = pretrain.confounded_model(data, build_model, model_settings, trainer)
+        oracle_model, oracle = pretrain.oracle_model(data, build_model, model_settings, trainer)
     except SettingError as e:
         raise ConfigError(str(e.in_group("pretrain"))) from None
-    return Job(data, model, record, pool, sampler, loss, trainer, explainer, confounded_class)
+    return Job(data, model, record, oracle_model, oracle, pool, sampler, loss, trainer, explainer, confounded_class)
 
 
 def hparam_settings(cfg: DictConfig, job: Job) -> dict:
@@ -159,7 +157,7 @@ def hparam_settings(cfg: DictConfig, job: Job) -> dict:
         "lr": job.trainer.lr, "loss": job.loss.name, **job.loss.hparams(),
         "pool_size": job.sampler.pool_size, "k": job.sampler.k_start, "batch_size": job.sampler.batch_size,
         "correction": job.sampler.correction, "optimizer": job.trainer.optimizer_name,
-        "seed": cfg.seed, "n_train": len(job.data.train), "data": job.data.key,
+        "seed": cfg.seed, "pretrain_seed": cfg.pretrain.seed, "n_train": len(job.data.train), "data": job.data.key,
     }
 
 
@@ -191,6 +189,10 @@ def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dic
         shown = view_images(job.data, job.pool.corrected, job.pool.original, job.confounded_class)
         reasons_of = partial(job.explainer.reasons, data=job.data, confounded_class=job.confounded_class)
         record["confounded"] = {**job.confounded, **reasons_of(job.model)}
+        record["oracle"] = {**job.oracle, **reasons_of(job.oracle_model)}
+        references = {f"{kind.title()}/{key}": record[kind][key]  # flat lines in the Reliance charts
+                      for kind in ("confounded", "oracle") for key in REASON_TAGS}
+        recorder.reference_layout(REASON_TAGS)
         reason_seconds = []
 
         def on_epoch(epoch: int, metrics: dict) -> None:
@@ -200,7 +202,10 @@ def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dic
                             step=epoch)
             if epoch > 0:  # epoch 0 reuses the confounded model's metrics
                 reason_seconds.append(time.perf_counter() - began_reasons)
-            recorder.epoch(epoch, {**metrics, **{tag: reasons[key] for key, tag in REASON_TAGS.items()}})
+            removed = shortcut_removed_all(record["confounded"], reasons, record["oracle"])
+            recorder.epoch(epoch, {**metrics, **{tag: reasons[key] for key, tag in REASON_TAGS.items()},
+                                   **{f"Shortcut_removed/{key}": value for key, value in removed.items()},
+                                   **references})
             if epoch == 0:
                 log.info("epoch 0/%d (start): val loss %.4f, val accuracy %.2f%%",
                          max_epochs, metrics["val_loss"], 100 * metrics["val_accuracy"])
@@ -223,6 +228,7 @@ def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dic
             "epochs_run": fit.epochs_run, "best_val_accuracy": fit.best_val_accuracy,
             "test_accuracy": test["accuracy"], "test_loss": test["loss"],
             **final_reasons,
+            "shortcut_removed": shortcut_removed_all(record["confounded"], final_reasons, record["oracle"]),
             "reasons_seconds_per_epoch": float(np.mean(reason_seconds)) if reason_seconds else None,
             "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
             "history": fit.history,
@@ -230,7 +236,10 @@ def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dic
         recorder.hparams(settings, {"Final/best_val_accuracy": fit.best_val_accuracy,
                                     "Final/test_accuracy": test["accuracy"],
                                     **{f"Final/{key}": value for key, value in final_reasons.items()},
-                                    "Final/confounded_test_accuracy": job.confounded["test_accuracy"]})
+                                    **{f"Final/shortcut_removed_{key}": value
+                                       for key, value in record["shortcut_removed"].items()},
+                                    **{f"{kind.title()}/{key}": record[kind][key]
+                                       for kind in ("confounded", "oracle") for key in ("test_accuracy", *REASON_TAGS)}})
         if cfg.save_model:
             save_state_dict(job.model, out_dir / "model.pth")
         checkpoint.unlink(missing_ok=True)  # the job is complete; model.pth holds the result
@@ -277,10 +286,11 @@ def run_job(cfg: DictConfig, out_dir: Path) -> float:
     log.info("clean test accuracy: confounded model %.2f%% -> corrected model %.2f%% "
              "(best val accuracy %.2f%% at epoch %d)", 100 * job.confounded["test_accuracy"],
              100 * record["test_accuracy"], 100 * record["best_val_accuracy"], record["best_epoch"])
-    before, after = record["confounded"], record
-    log.info("reasons (%s): attribution in mask %s -> %s, wrong-reason score %s -> %s, dot flip rate %s -> %s, "
-             "dotted test accuracy %s -> %s", job.explainer.name,
-             *(f"{r[key]:.3f}" if r[key] is not None else "n/a" for key in REASON_TAGS for r in (before, after)))
+    log.info("reliance on the confounder (%s; oracle floor | confounded ceiling -> corrected, share of the "
+             "shortcut removed):", job.explainer.name)
+    for key in REASON_TAGS:
+        figures = (record["oracle"][key], record["confounded"][key], record[key], record["shortcut_removed"][key])
+        log.info("  %-21s %s | %s -> %s  removed %s", key, *(f"{v:.3f}" if v is not None else "n/a" for v in figures))
     log.info("outputs: %s   (tensorboard --logdir %s)", out_dir, out_dir)
     return float(record["objective"])
 

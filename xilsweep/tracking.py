@@ -62,6 +62,12 @@ class RunRecorder:
                 self.writer.add_scalar(tag, value, epoch)
         self.writer.flush()
 
+    def reference_layout(self, tags: dict) -> None:
+        """One TensorBoard chart per reliance metric (custom scalars tab) with
+        the job's figure between the oracle's (floor) and the confounded model's (ceiling)."""
+        self.writer.add_custom_scalars({"Reliance": {
+            key: ["Multiline", [tag, f"Confounded/{key}", f"Oracle/{key}"]] for key, tag in tags.items()}})
+
     def images(self, grids: dict[str, torch.Tensor], step: int = 0) -> None:
         for tag, x in grids.items():
             self.writer.add_image(tag, image_grid(x), step)
