@@ -82,7 +82,7 @@ class CDEPLoss(RRRLoss):
     name = "cdep"
     tag = "CDEP"
 
-    def __init__(self, lam: float = 1e6, base: str = "balanced", base_lam: float = 1.0):
+    def __init__(self, lam: float = 1000.0, base: str = "balanced", base_lam: float = 1.0):
         super().__init__(lam, base, base_lam)
 
     def check(self, model) -> None:

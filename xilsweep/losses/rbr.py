@@ -37,7 +37,7 @@ class RBRLoss(RRRLoss):
     name = "rbr"
     tag = "RBR"
 
-    def __init__(self, lam: float = 1e5, base: str = "balanced", base_lam: float = 1.0):
+    def __init__(self, lam: float = 10.0, base: str = "balanced", base_lam: float = 1.0):
         super().__init__(lam, base, base_lam)
 
     def penalty(self, model, x, targets, mask):
