@@ -1,4 +1,5 @@
-"""UserCorrectedDataset: the pool of training 8s a user has corrected."""
+"""UserCorrectedDataset: the pool of training 8s a user has corrected, and the
+counterexamples made from it (pixel fills, or confounder transplants)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from xilsweep.data import CONFOUNDED_CLASS, Split
 from xilsweep.errors import require, require_choice
 from xilsweep.sampling import CORRECTIONS
 
+FILLS = ("zero", "random", "mean")
+
 
 def correct(x: torch.Tensor, mask: torch.Tensor, method: str, generator: torch.Generator) -> torch.Tensor:
     """Replace the masked pixels: ``zero`` (the guide), ``random`` intensities
     (the XIL typology benchmark's counterexamples), or the ``mean`` of the
     unmasked pixels in the surrounding 5x5 window."""
-    require_choice("correction", method, CORRECTIONS)
+    require_choice("correction", method, FILLS)
     if method == "zero":
         fill = torch.zeros_like(x)
     elif method == "random":
@@ -27,6 +30,23 @@ def correct(x: torch.Tensor, mask: torch.Tensor, method: str, generator: torch.G
     return torch.where(mask, fill, x)
 
 
+def transplant(donors: Split, train: Split, generator: torch.Generator) -> Split:
+    """One counterexample per donor: a training image of another class (drawn
+    without repeats while there are enough) with the donor's masked pixels
+    pasted in at the same positions; it keeps its own label and its mask is
+    the pasted pixels. The confounder then appears in every class, so it
+    predicts none."""
+    recipients = torch.empty(len(donors), dtype=torch.long)
+    for label in donors.labels.unique():  # one draw per class, not per sample
+        takers = torch.nonzero(donors.labels == label).flatten()
+        others = torch.nonzero(train.labels != label).flatten()
+        require(len(others) > 0, "correction", "transplant", "training data with more than one class")
+        order = others[torch.randperm(len(others), generator=generator)]
+        recipients[takers] = order[torch.arange(len(takers)) % len(order)]
+    hosts = train.subset(recipients)
+    return Split(torch.where(donors.mask, donors.x, hosts.x), hosts.targets, donors.mask)
+
+
 class UserCorrectedDataset:
     """``pool_size`` corrected instances drawn (seeded) from the training samples
     of ``confounded_class`` that carry a confounder (the dotted 8s; with
@@ -34,11 +54,14 @@ class UserCorrectedDataset:
 
     ``original`` keeps their confounded inputs for visualisation, ``corrected``
     holds the corrected inputs with the same targets and masks, and ``index``
-    says where each came from in the training split.
+    says where each came from in the training split. With
+    ``correction="transplant"``, ``corrected`` holds instead their confounders
+    pasted onto training images of other classes (see ``transplant``).
     """
 
     def __init__(self, train: Split, pool_size: int, correction: str = "zero", seed: int = 0,
                  confounded_class: int | None = CONFOUNDED_CLASS):
+        require_choice("correction", correction, CORRECTIONS)
         in_class = True if confounded_class is None else train.labels == confounded_class
         candidates = torch.nonzero(in_class & train.mask.flatten(1).any(1)).flatten()
         what = "confounded training samples" if confounded_class is None else "dotted 8s in the training data"
@@ -47,8 +70,11 @@ class UserCorrectedDataset:
         g = torch.Generator().manual_seed(seed + 2)
         self.index = candidates[torch.randperm(len(candidates), generator=g)[:pool_size]].sort().values
         self.original = train.subset(self.index)
-        self.corrected = Split(correct(self.original.x, self.original.mask, correction, g),
-                               self.original.targets, self.original.mask)
+        if correction == "transplant":
+            self.corrected = transplant(self.original, train, g)
+        else:
+            self.corrected = Split(correct(self.original.x, self.original.mask, correction, g),
+                                   self.original.targets, self.original.mask)
 
     def with_known_masks(self, train: Split) -> Split:
         """``train`` with masks only on the pool's samples: the feedback the user

@@ -54,6 +54,10 @@ class ConvNet(nn.Module):
         """The layer GradCAM explains."""
         return [m for m in self.features if isinstance(m, nn.Conv2d)][-1]
 
+    def layers(self) -> list[nn.Module]:
+        """The layers in the order ``forward`` applies them (contextual decomposition walks them)."""
+        return [*self.features, *self.classifier]
+
     def forward(self, x):
         return self.classifier(self.features(x))
 
@@ -72,6 +76,10 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     last_conv = None  # no convolution: GradCAM does not apply, input gradients do
+
+    def layers(self) -> list[nn.Module]:
+        """The layers in the order ``forward`` applies them (contextual decomposition walks them)."""
+        return list(self.net)
 
     def forward(self, x):
         return self.net(x)

@@ -15,7 +15,7 @@ import torch
 from xilsweep.errors import require, require_choice
 
 K_SCHEDULES = ("constant", "linear", "step")
-CORRECTIONS = ("zero", "random", "mean")
+CORRECTIONS = ("zero", "random", "mean", "transplant")
 
 
 def create_is_user_corrected_mask(batch_len: int, k: int, device=None) -> torch.Tensor:

@@ -40,6 +40,9 @@ class XILLoss(nn.Module):
         logits = model(x)
         return logits, self(logits, targets, is_corrected)
 
+    def check(self, model) -> None:
+        """Raise a SettingError when this loss cannot train ``model``."""
+
     def hparams(self) -> dict:
         """Settings shown in run names and the hparams table."""
         return {}

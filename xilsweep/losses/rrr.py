@@ -41,6 +41,7 @@ class RRRLoss(XILLoss):
     """
 
     name = "rrr"
+    tag = "RRR"  # TensorBoard group of the penalty: "<tag>/penalty"
 
     def __init__(self, lam: float = 10.0, base: str = "balanced", base_lam: float = 1.0):
         super().__init__()
@@ -50,8 +51,12 @@ class RRRLoss(XILLoss):
         self.base = BaselineBalancedLoss(base_lam) if base == "balanced" else BaselineImbalancedLoss()
         self._penalties: list[torch.Tensor] = []
 
+    def penalty(self, model, x, targets, mask):
+        """``(logits, penalty)`` of the batch; methods built on RRR replace this."""
+        return input_gradient_penalty(model, x, mask)
+
     def batch_loss(self, model, x, targets, is_corrected, mask):
-        logits, penalty = input_gradient_penalty(model, x, mask)
+        logits, penalty = self.penalty(model, x, targets, mask)
         total, conf, corr = self.base(logits, targets, is_corrected)
         self._penalties.append(penalty.detach())
         return logits, (total + self.lam * penalty, conf, corr)
@@ -63,7 +68,7 @@ class RRRLoss(XILLoss):
     def epoch_metrics(self) -> dict:
         penalty = torch.stack(self._penalties).mean().item() if self._penalties else math.nan
         self._penalties = []
-        return {"RRR/penalty": penalty}
+        return {f"{self.tag}/penalty": penalty}
 
     def hparams(self) -> dict:
         lam = {"base_lambda": self.base.lam} if self.base_name == "balanced" else {}
