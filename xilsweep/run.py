@@ -116,11 +116,12 @@ def prepare(cfg: DictConfig) -> Job:
     trainer, loss = attempt("trainer"), attempt("loss")
     model_check = attempt("model")  # the architecture, before any data work
     explainer = attempt("explainer")
-    if model_check is not None and explainer is not None:
-        try:
-            explainer.check(model_check)
-        except SettingError as e:
-            problems.append(str(e))
+    for needs_model in (explainer, loss):
+        if model_check is not None and needs_model is not None:
+            try:
+                needs_model.check(model_check)
+            except SettingError as e:
+                problems.append(str(e))
     attempt("sampler", n_confounded=1)  # its own settings; the data size comes later
     pretrain = attempt("pretrain")
     data_spec = attempt("data")
