@@ -16,8 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from xilsweep.reasons import TARGETS
-from xilsweep.explain import CONF_DIR
-from xilsweep.run import prepare
+from xilsweep.config import CONF_DIR
+from xilsweep.job import assemble
 
 
 def main() -> None:
@@ -31,10 +31,10 @@ def main() -> None:
     for explainer in ("input_gradients", "gradcam"):
         for target in TARGETS:
             for seed in range(args.seeds):
-                with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+                with initialize_config_dir(config_dir=str(CONF_DIR)):
                     cfg = compose("config", overrides=[f"data.root={args.root}", f"explainer={explainer}",
                                                        f"explainer.target={target}", f"pretrain.seed={seed}"])
-                job = prepare(cfg)
+                job = assemble(cfg)
                 high = job.explainer.reasons(job.model, job.data, job.confounded_class)["attribution_in_mask"]
                 low = job.explainer.reasons(job.oracle_model, job.data, job.confounded_class)["attribution_in_mask"]
                 print(f"| {explainer} | {target} | {seed} | {high:.3f} | {low:.3f} | {high / low:.2f} |", flush=True)

@@ -65,7 +65,7 @@ EVAL_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 SWEEP_MODES = ("per_process", "parallel", "in_process", "ensemble")
 ENSEMBLE_SIZE = 8
 LAMBDAS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
-TINY = ["data.n_train=300", "sampler.pool_size=10", "trainer.max_epochs=2", "pretrain.epochs=1",
+TINY = ["data.n_train=300", "pool.size=10", "trainer.max_epochs=2", "pretrain.epochs=1",
         "trainer.num_threads=1"]
 LAUNCHERS = {"parallel": ["hydra/launcher=parallel"],  # joblib: a worker process per core, one thread each
              "in_process": [],  # Hydra's basic launcher
@@ -145,7 +145,7 @@ class LoopCase:
         self.trainer, self.loss_fn = build(cfg, "trainer"), build(cfg, "loss")
         self.data = build(cfg, "data").load()
         self.sampler = build(cfg, "sampler", n_confounded=len(self.data.train))
-        self.pools = [UserCorrectedDataset(self.data.train, self.sampler.pool_size, self.sampler.correction,
+        self.pools = [UserCorrectedDataset(self.data.train, self.pool.size, self.pool.correction,
                                            seed=seed).corrected for seed in range(ENSEMBLE_SIZE)]
         self.merged = concat(self.data.train, self.pools[0])
         torch.manual_seed(0)
@@ -258,7 +258,7 @@ def compile_section(args) -> dict:
     trainer, loss_fn = build(cfg, "trainer"), build(cfg, "loss")
     data = build(cfg, "data").load()
     sampler = build(cfg, "sampler", n_confounded=len(data.train))
-    merged = concat(data.train, UserCorrectedDataset(data.train, sampler.pool_size, sampler.correction).corrected)
+    merged = concat(data.train, UserCorrectedDataset(data.train, pool.size, pool.correction).corrected)
     torch.manual_seed(0)
     eager = trainer.place(build(cfg, "model"))
     compiled = torch.compile(copy.deepcopy(eager))

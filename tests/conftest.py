@@ -17,7 +17,7 @@ from xilsweep.data import ConfoundedMNIST08
 REPO = Path(__file__).resolve().parents[1]
 
 # Tiny but real settings for jobs run from tests: a 300-digit training subset.
-TINY = ["data.n_train=300", "sampler.pool_size=10", "trainer.max_epochs=2", "pretrain.epochs=1",
+TINY = ["data.n_train=300", "pool.size=10", "trainer.max_epochs=2", "pretrain.epochs=1",
         "trainer.num_threads=1"]
 
 

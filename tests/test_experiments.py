@@ -66,7 +66,7 @@ def test_experiments_hold_the_guides_settings(data):
     assert grid.data.n_train is None and set(grid_values["loss"]) == {"balanced", "imbalanced"}
     assert len(grid_values["trainer.lr"]) >= 2 and len(grid_values["loss.lam"]) >= 2
     dotted_eights = int(((data.train.labels == 1) & data.train.mask.flatten(1).any(1)).sum())
-    assert max(int(v) for v in grid_values["sampler.pool_size"]) == dotted_eights  # as large as the data allows
+    assert max(int(v) for v in grid_values["pool.size"]) == dotted_eights  # as large as the data allows
 
 
 def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
@@ -79,7 +79,7 @@ def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
         jobs = applicable_jobs(combinations, overrides, is_group=lambda key: (CONF / key).is_dir(),
                                compose=lambda choices: compose("config", overrides=choices))
     n = {k: len(v) for k, v in values.items()}
-    per_loss = n["trainer.lr"] * n["sampler.pool_size"] * n["seed"]
+    per_loss = n["trainer.lr"] * n["pool.size"] * n["seed"]
     assert len(jobs) == per_loss * n["loss.lam"] + per_loss  # balanced x lambda, imbalanced once
     assert len({tuple(job) for job in jobs}) == len(jobs)
     imbalanced = [job for job in jobs if "loss=imbalanced" in job]
@@ -104,7 +104,7 @@ def test_launcher_presets_give_one_torch_thread_per_cpu(launcher, target):
 
 def test_overfit_test_fits_100_samples(xilsweep_cli, data_root, tmp_path):
     result, out = run_sweep(xilsweep_cli, tmp_path, data_root,
-                            ["experiment=overfit_test", "data.n_train=100", "sampler.pool_size=20",
+                            ["experiment=overfit_test", "data.n_train=100", "pool.size=20",
                              "trainer.max_epochs=10", "trainer.patience=10", "seed=0"], "overfit")
     assert result.returncode == 0, result.stderr[-2000:]
     [metrics] = job_metrics(out)

@@ -165,7 +165,7 @@ def test_compare_methods_sweeps_four_methods_two_pool_sizes_and_three_seeds():
         cfg = compose("config", overrides=["experiment=compare_methods"], return_hydra_config=True)
     params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
     assert params["loss"] == ["balanced", "imbalanced", "lagrangian", "rrr"]
-    assert len(params["sampler.pool_size"]) >= 2 and len(params["seed"]) >= 3
+    assert len(params["pool.size"]) >= 2 and len(params["seed"]) >= 3
 
 
 def test_compare_methods_runs_end_to_end_one_folder_per_job(xilsweep_cli, data_root, tmp_path):

@@ -43,7 +43,7 @@ def test_same_config_and_seed_give_identical_metrics(data_root, tmp_path):
     assert comparable(c)["history"] != comparable(a)["history"]
 
 
-LONG = ["data.n_train=1200", "trainer.max_epochs=6", "trainer.patience=10", "sampler.pool_size=20",
+LONG = ["data.n_train=1200", "trainer.max_epochs=6", "trainer.patience=10", "pool.size=20",
         "pretrain.epochs=1", "trainer.num_threads=1"]
 
 
@@ -168,7 +168,7 @@ def test_checkpoint_from_a_different_model_is_reported(data_root, tmp_path):
     ("sampler.batch_size=0", "sampler.batch_size=0 is not allowed"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
     ("sampler.k=64", "sampler.k=64 is not allowed"),
-    ("sampler.pool_size=5000", "sampler.pool_size=5000 is not allowed"),
+    ("pool.size=5000", "pool.size=5000 is not allowed"),
     ("data.n_train=0", "data.n_train=0 is not allowed"),
     ("data.root=/no/such/dir", "data.root='/no/such/dir' is not allowed: an existing directory"),
     ("seed=abc", "seed='abc' is not allowed: an integer"),

@@ -29,7 +29,7 @@ def grid_sweep(data_root, tmp_path_factory):
     sweep = tmp_path_factory.mktemp("grid") / "sweep"
     result = run_xilsweep(["-m", *FAST, f"data.root={data_root}", "experiment=full_grid_search",
                            "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "trainer.num_threads=null",
-                           "trainer.lr=0.001", "loss.lam=0.5,2", "sampler.pool_size=5,10", "seed=0,1",
+                           "trainer.lr=0.001", "loss.lam=0.5,2", "pool.size=5,10", "seed=0,1",
                            f"hydra.sweep.dir={sweep}"], sweep.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     return sweep
@@ -63,7 +63,7 @@ def test_report_tables_one_row_per_job_and_mean_std_n_over_seeds(grid_sweep):
     folders = job_folders(grid_sweep)
     assert list(jobs.job) == [p.name for p in folders]
     # varied settings derived from the overrides; imbalanced rows have no lambda
-    assert {"loss", "loss.lam", "sampler.pool_size", "seed"} <= set(jobs.columns)
+    assert {"loss", "loss.lam", "pool.size", "seed"} <= set(jobs.columns)
     assert "trainer.lr" not in jobs.columns and "experiment" not in jobs.columns
     assert jobs[jobs.loss == "imbalanced"]["loss.lam"].isna().all()
     for folder, row in zip(folders, jobs.itertuples()):
@@ -74,7 +74,7 @@ def test_report_tables_one_row_per_job_and_mean_std_n_over_seeds(grid_sweep):
         assert row.best_val_loss == pytest.approx(metrics["history"][metrics["best_epoch"]]["val_loss"])
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 6 and (summary.n == 2).all()
-    keys = ["loss", "loss.lam", "sampler.pool_size"]
+    keys = ["loss", "loss.lam", "pool.size"]
     expected = jobs.groupby(keys, dropna=False).test_accuracy.agg(["mean", "std"]).reset_index()
     merged = summary.merge(expected, on=keys, how="outer")  # NaN lambda keys match each other
     assert len(merged) == 6
@@ -99,7 +99,7 @@ def test_report_answers_balanced_vs_imbalanced_with_the_seed_spread(grid_sweep):
     answer = next(line for line in text.splitlines() if "Does balanced beat imbalanced?" in line)
     assert f"{abs(difference):.2f}" in answer
     assert f"std {100 * best.test_accuracy_std['balanced']:.2f}" in answer
-    assert "At matched sampler.pool_size" in answer
+    assert "At matched pool.size" in answer
     assert "**Pool size**" in text and "not enough data" not in text.split("**Pool size**")[1]
 
 

@@ -73,7 +73,7 @@ def test_job_writes_tensorboard_tags_hparams_and_metrics_in_its_own_folder(data_
     ("loss.lam=-1", "loss.lam=-1 is not allowed: a number >= 0"),
     ("sampler.k=64", "sampler.k=64 is not allowed: an integer in [0, batch_size=64)"),
     ("sampler.k=-1", "sampler.k=-1"),
-    ("sampler.pool_size=100000", "sampler.pool_size=100000 is not allowed: an integer from 0 to"),
+    ("pool.size=100000", "pool.size=100000 is not allowed: an integer from 0 to"),
     ("trainer.lr=0", "trainer.lr=0 is not allowed: a number > 0"),
     ("trainer.lr=-0.1", "trainer.lr=-0.1"),
     ("trainer.optimizer=lbfgs", "trainer.optimizer='lbfgs' is not allowed: one of adam, sgd"),

@@ -243,7 +243,7 @@ def test_zoo_jobs_run_end_to_end_with_finite_penalties(xilsweep_cli, data_root, 
 
 def test_transplant_job_runs_end_to_end(xilsweep_cli, data_root, tmp_path):
     out = tmp_path / "job"
-    result = xilsweep_cli(["sampler.correction=transplant", *TINY, "save_model=false", f"data.root={data_root}",
+    result = xilsweep_cli(["pool.correction=transplant", *TINY, "save_model=false", f"data.root={data_root}",
                            f"hydra.run.dir={out}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "metrics.json").read_text())

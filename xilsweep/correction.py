@@ -3,14 +3,15 @@ counterexamples made from it (pixel fills, or confounder transplants)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from xilsweep.data import CONFOUNDED_CLASS, Split
 from xilsweep.errors import require, require_choice
-from xilsweep.sampling import CORRECTIONS
-
 FILLS = ("zero", "random", "mean")
+CORRECTIONS = (*FILLS, "transplant")
 
 
 def correct(x: torch.Tensor, mask: torch.Tensor, method: str, generator: torch.Generator) -> torch.Tensor:
@@ -65,7 +66,7 @@ class UserCorrectedDataset:
         in_class = True if confounded_class is None else train.labels == confounded_class
         candidates = torch.nonzero(in_class & train.mask.flatten(1).any(1)).flatten()
         what = "confounded training samples" if confounded_class is None else "dotted 8s in the training data"
-        require(0 <= pool_size <= len(candidates), "pool_size", pool_size,
+        require(0 <= pool_size <= len(candidates), "size", pool_size,
                 f"an integer from 0 to {len(candidates)}, the number of {what}")
         g = torch.Generator().manual_seed(seed + 2)
         self.index = candidates[torch.randperm(len(candidates), generator=g)[:pool_size]].sort().values
@@ -88,3 +89,23 @@ class UserCorrectedDataset:
 
     def __getitem__(self, i):
         return self.corrected.x[i], self.corrected.targets[i]
+
+
+@dataclass
+class CorrectedPool:
+    """The user's feedback (config group ``pool``): how many training samples
+    of the confounded class the user corrects (``size``, N in the guide), and
+    what ``correction`` makes of their marked pixels: ``zero`` (the guide),
+    ``random`` or ``mean`` fills, or ``transplant`` (the marked confounder
+    pasted onto images of the other classes)."""
+
+    size: int = 100
+    correction: str = "zero"
+
+    def __post_init__(self):
+        require(isinstance(self.size, int) and not isinstance(self.size, bool) and self.size >= 0, "size",
+                self.size, "an integer >= 0")
+        require_choice("correction", self.correction, CORRECTIONS)
+
+    def draw(self, train: Split, seed: int, confounded_class: int | None) -> UserCorrectedDataset:
+        return UserCorrectedDataset(train, self.size, self.correction, seed, confounded_class)

@@ -85,6 +85,11 @@ class XILData:
     directory: Path
     full_train: Split | None = None
     decorrelated_train: Split | None = None
+    confounded_class: int | None = CONFOUNDED_CLASS  # the class the confounder points to; None: every class
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.targets.shape[1]
 
     @property
     def pretrain_split(self) -> Split:
@@ -316,7 +321,8 @@ class CachedMNISTData:
         return XILData(train=train, val=split(train_payload, "val"), test=split(test_payload, "test"),
                        test_dotted=split(test_payload, "test_dotted"), key=self.key,
                        directory=self.directory, full_train=full_train,
-                       decorrelated_train=split(train_payload, "train_decorrelated"))
+                       decorrelated_train=split(train_payload, "train_decorrelated"),
+                       confounded_class=self.confounded_class)
 
     def split_indices(self, n: int, generator: torch.Generator):
         """Seeded (validation, training) indices of ``n`` training digits."""

@@ -2,7 +2,7 @@
 finished run as PNG files, for papers.
 
 The run's data, user-corrected pool, confounded model and explainer are
-rebuilt by ``xilsweep.run.prepare`` from the run's own config
+rebuilt by ``xilsweep.job.assemble`` from the run's own config
 (``RUN_DIR/.hydra/``); the corrected weights come from ``RUN_DIR/model.pth``.
 Written into ``RUN_DIR/explanations/``: one overlay grid per view (see
 ``xilsweep.reasons.view_images``) and ``before_after.png`` (dotted test
@@ -25,12 +25,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
-from xilsweep.pretrain import load_weights
+from xilsweep.config import CONF_DIR
 from xilsweep.errors import DataError
+from xilsweep.job import ConfigError, assemble
+from xilsweep.pretrain import load_weights
 from xilsweep.reasons import overlay, view_images
-from xilsweep.run import ConfigError, prepare
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 OUTPUT_DIR = "explanations"
 MODEL_FILE = "model.pth"
 
@@ -76,7 +75,7 @@ def dotted_examples(data, confounded_class: int | None, n: int) -> torch.Tensor:
 def write_explanations(run_dir: Path, confounded: bool = False, explainer: str | None = None,
                        n: int = 32, scale: int = 4) -> list[Path]:
     """Write the PNGs of one run (see the module docstring); returns their paths."""
-    job = prepare(run_config(run_dir, explainer))
+    job = assemble(run_config(run_dir, explainer))
     out = run_dir / OUTPUT_DIR
     views = view_images(job.data, job.pool.corrected, job.pool.original, job.confounded_class, n)
     if confounded:

@@ -24,8 +24,9 @@ class ConvNet(nn.Module):
     after each is LeNet-5 sized.
     """
 
-    def __init__(self, channels=(32, 64), kernel_size=3, pool=(False, True), hidden=(128,),
-                 num_classes=2, dropout=0.0, in_shape=(1, 28, 28)):
+    def __init__(self, channels: list[int] = (32, 64), kernel_size: int = 3, pool: list[bool] = (False, True),
+                 hidden: list[int] = (128,), dropout: float = 0.0, num_classes: int = 2,
+                 in_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
         channels, pool, hidden = list(channels), list(pool), list(hidden)
         require(len(channels) >= 1 and all(c >= 1 for c in channels), "channels", channels,
@@ -65,7 +66,7 @@ class ConvNet(nn.Module):
 class MLP(nn.Module):
     """Fully connected ReLU network (Ross et al. 2017 use 50-30 for Decoy-MNIST)."""
 
-    def __init__(self, hidden=(50, 30), num_classes=2, in_shape=(1, 28, 28)):
+    def __init__(self, hidden: list[int] = (50, 30), num_classes: int = 2, in_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
         layers: list[nn.Module] = [Normalize(), nn.Flatten()]
         width = in_shape[0] * in_shape[1] * in_shape[2]

@@ -140,19 +140,25 @@ class Explainer:
     equal terms) or ``predicted`` (why the model decided as it did).
     ``threshold`` binarises the maps for ``wrong_reason_score`` (``mean`` or a
     number in [0, 1]); ``n_images`` caps the dotted test images explained per
-    evaluation (null: all).
+    evaluation (null: all); ``attribution_every``: the attribution metrics and
+    explanation grids every this many epochs of fine-tuning (the confounded
+    and the final model always), the forward-only metrics every epoch.
     """
 
     name = "explainer"
 
-    def __init__(self, threshold: float | str = "mean", n_images: int | None = None, target: str = "label"):
+    def __init__(self, threshold: float | str = "mean", n_images: int | None = 1000, target: str = "label",
+                 attribution_every: int = 5):
         require(threshold in THRESHOLD_RULES or (isinstance(threshold, (int, float))
                                                  and not isinstance(threshold, bool) and 0 <= threshold <= 1),
                 "threshold", threshold, "mean (the literature's data-dependent threshold) or a number in [0, 1]")
         require(n_images is None or (isinstance(n_images, int) and not isinstance(n_images, bool) and n_images >= 1),
                 "n_images", n_images, "null (all) or an integer >= 1")
         require(target in TARGETS, "target", target, " | ".join(TARGETS))
+        require(isinstance(attribution_every, int) and attribution_every >= 1, "attribution_every",
+                attribution_every, "an integer >= 1")
         self.threshold, self.n_images, self.target = threshold, n_images, target
+        self.attribution_every = attribution_every
 
     def check(self, model: torch.nn.Module) -> None:
         """Raise a SettingError when this method cannot explain ``model``."""
@@ -176,12 +182,14 @@ class Explainer:
         shown = overlay(x, self.attribute(model, x).to(x.device)).cpu()
         return dict(zip(images, shown.split([len(v) for v in images.values()])))
 
-    def reasons(self, model: torch.nn.Module, data: XILData, confounded_class: int | None) -> dict:
-        """The four reason metrics of ``model`` on the test set (see README,
-        "Right for the right reasons"); a metric that does not apply is None.
+    def reasons(self, model: torch.nn.Module, data: XILData, confounded_class: int | None,
+                attributions: bool = True) -> dict:
+        """The four reason metrics of ``model`` on the test set (docs/reliance.md);
+        a metric that does not apply, or is not computed, is None.
 
         The maps explain the dotted test images of ``confounded_class`` (all
-        dotted test images when it is None, which also drops the flip rate).
+        dotted test images when it is None, which also drops the flip rate);
+        ``attributions=False`` skips them (forward passes only).
         """
         device = next(model.parameters()).device
         dotted = data.test_dotted.to(device)
@@ -195,7 +203,7 @@ class Explainer:
             clean_pred = predict_logits(model, data.test.x[others.cpu()].to(device), CHUNK).argmax(1)
             result["dot_flip_rate"] = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], c)
         explained = torch.nonzero(has_dots & (labels == c) if c is not None else has_dots).flatten()
-        explained = explained[: self.n_images]
+        explained = explained[: self.n_images if attributions else 0]
         if len(explained):
             target = labels if self.target == "label" else dotted_pred
             maps = self.attribute(model, dotted.x[explained], target[explained])

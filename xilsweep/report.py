@@ -34,7 +34,7 @@ import yaml  # noqa: E402
 
 REPORT_DIR = "report"
 # The override keys the guide's questions are about.
-LR, LOSS, LAMBDA, POOL, SEED = "trainer.lr", "loss", "loss.lam", "sampler.pool_size", "seed"
+LR, LOSS, LAMBDA, POOL, SEED = "trainer.lr", "loss", "loss.lam", "pool.size", "seed"
 VAL, TEST = "best_val_accuracy", "test_accuracy"
 # From the history: the validation loss at the best epoch (breaks accuracy ties, as early
 # stopping does) and the last epoch's training loss and accuracy (the overfit check).
@@ -435,7 +435,7 @@ def matched_comparison(summary, varied) -> str:
 
 def answer_pool(summary, varied) -> str:
     if POOL not in varied:
-        return "**Pool size:** not enough data: the sweep did not vary sampler.pool_size."
+        return "**Pool size:** not enough data: the sweep did not vary pool.size."
     line = [LOSS] if LOSS in varied else []
     best = best_per(summary, [*line, POOL])
     parts = []
@@ -545,7 +545,7 @@ def write_report(sweep_dir: Path) -> str:
                                                        "λ (loss.lam)", log_x=True)
         plots["test_accuracy_vs_pool_size.png"] = plot_vs(summary, varied, POOL, TEST,
                                                           out / "test_accuracy_vs_pool_size.png",
-                                                          "corrected samples (sampler.pool_size)", log_x=True)
+                                                          "corrected samples (pool.size)", log_x=True)
     done = [j for j in jobs if j.status == "done" and j.metrics.get(VAL) is not None]
     if done:
         best_job = max(done, key=lambda j: j.metrics[VAL])

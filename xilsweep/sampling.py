@@ -15,7 +15,6 @@ import torch
 from xilsweep.errors import require, require_choice
 
 K_SCHEDULES = ("constant", "linear", "step")
-CORRECTIONS = ("zero", "random", "mean", "transplant")
 
 
 def create_is_user_corrected_mask(batch_len: int, k: int, device=None) -> torch.Tensor:
@@ -39,13 +38,12 @@ class MixedBatchSampler:
     """
 
     def __init__(self, n_confounded: int, batch_size: int = 64, k: int = 4, pool_size: int = 100,
-                 correction: str = "zero", seed: int = 0, k_schedule: str = "constant",
+                 seed: int = 0, k_schedule: str = "constant",
                  k_end: int | None = None, schedule_epochs: int = 10):
         require(isinstance(batch_size, int) and batch_size >= 2, "batch_size", batch_size, "an integer >= 2")
         require(isinstance(k, int) and 0 <= k < batch_size, "k", k, f"an integer in [0, batch_size={batch_size})")
         require(isinstance(pool_size, int) and pool_size >= (1 if k else 0), "pool_size", pool_size,
                 "an integer >= 1 (>= 0 when k=0)")
-        require_choice("correction", correction, CORRECTIONS)
         require_choice("k_schedule", k_schedule, K_SCHEDULES)
         k_end = k if k_end is None else k_end
         require(isinstance(k_end, int) and 0 <= k_end < batch_size, "k_end", k_end,
@@ -56,7 +54,7 @@ class MixedBatchSampler:
         require(n_confounded >= 1, "n_confounded", n_confounded, "at least one confounded sample")
         self.n_confounded, self.batch_size, self.pool_size = n_confounded, batch_size, pool_size
         self.k_start, self.k_end, self.k_schedule = k, k_end, k_schedule
-        self.schedule_epochs, self.correction, self.seed = schedule_epochs, correction, seed
+        self.schedule_epochs, self.seed = schedule_epochs, seed
         self.epoch = 0
 
     def k_at(self, epoch: int) -> int:

@@ -1,9 +1,12 @@
 """Per-job records: TensorBoard scalars, image grids and the hparams entry,
-all in the job's own folder, and the machine-readable ``metrics.json``."""
+all in the job's own folder, the machine-readable ``metrics.json``, and what
+a job records after every epoch (``EpochRecorder``)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -11,6 +14,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from xilsweep.files import atomic_write_json
+from xilsweep.reasons import REASON_TAGS, shortcut_removed_all, view_images
+
+log = logging.getLogger("xilsweep")
 
 METRICS_FILE = "metrics.json"
 
@@ -88,3 +94,55 @@ class RunRecorder:
 
 def write_metrics(directory: Path, record: dict) -> None:
     atomic_write_json(record, Path(directory) / METRICS_FILE)
+
+
+class EpochRecorder:
+    """``on_epoch`` of a job's fit: after every epoch, its metrics, the reliance
+    figures with the share of the shortcut removed and the references (flat
+    lines in the Reliance charts), explanation grids, and one log line.
+
+    The forward-only reliance figures are computed every epoch, the
+    attribution figures and grids every ``explainer.attribution_every`` epochs;
+    epoch 0 is the confounded model, whose figures are already known.
+    """
+
+    def __init__(self, recorder: RunRecorder, job, confounded: dict, oracle: dict, resuming: bool):
+        self.recorder, self.job, self.confounded, self.oracle = recorder, job, confounded, oracle
+        self.references = {f"{kind.title()}/{key}": reference[key]
+                           for kind, reference in (("confounded", confounded), ("oracle", oracle))
+                           for key in REASON_TAGS}
+        self.shown = view_images(job.data, job.pool.corrected, job.pool.original, job.confounded_class)
+        self.reason_seconds: list[float] = []
+        recorder.reference_layout(REASON_TAGS)
+        if not resuming:
+            eights = job.data.train.subset(job.data.train.labels == 1)
+            recorder.images({"Images/confounded_samples": eights.x, "Images/corrected_original": job.pool.original.x,
+                             "Images/corrected_samples": job.pool.corrected.x})
+
+    def __call__(self, epoch: int, metrics: dict) -> None:
+        began = time.perf_counter()
+        explainer, model = self.job.explainer, self.job.model
+        attributions = epoch % explainer.attribution_every == 0
+        reasons = self.confounded if epoch == 0 else self.job.reasons(model, attributions)
+        if attributions:
+            self.recorder.images({f"Explanations/{view}": x for view, x in explainer.views(model, self.shown).items()},
+                                 step=epoch)
+        if epoch > 0:
+            self.reason_seconds.append(time.perf_counter() - began)
+        removed = shortcut_removed_all(self.confounded, reasons, self.oracle)
+        self.recorder.epoch(epoch, {**metrics, **{tag: reasons[key] for key, tag in REASON_TAGS.items()},
+                                    **{f"Shortcut_removed/{key}": value for key, value in removed.items()},
+                                    **self.references})
+        max_epochs = self.job.trainer.max_epochs
+        if epoch == 0:
+            log.info("epoch 0/%d (start): val loss %.4f, val accuracy %.2f%%",
+                     max_epochs, metrics["val_loss"], 100 * metrics["val_accuracy"])
+        else:
+            log.info("epoch %d/%d: train loss %.4f (confounded %.4f, corrected %.4f), train accuracy %.2f%%, "
+                     "val loss %.4f, val accuracy %.2f%%, dot flip rate %.3f (%.1f s)",
+                     epoch, max_epochs, metrics["train_loss"], metrics["train_loss_confounded"],
+                     metrics["train_loss_corrected"], 100 * metrics["train_accuracy"], metrics["val_loss"],
+                     100 * metrics["val_accuracy"], reasons["dot_flip_rate"] or math.nan, metrics["seconds"])
+
+    def mean_reason_seconds(self) -> float | None:
+        return sum(self.reason_seconds) / len(self.reason_seconds) if self.reason_seconds else None

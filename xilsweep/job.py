@@ -1,0 +1,216 @@
+"""One correction job: ``assemble`` turns a config into a validated ``Job``
+(every object built once); ``Job.run`` fine-tunes the confounded model on
+mixed batches and records everything into the job's folder.
+
+Everything that needs a job (the Hydra entry point, ``xilsweep.explain``,
+the benchmark, the tests) goes through ``assemble``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import xilsweep
+from xilsweep.config import register
+from xilsweep.correction import UserCorrectedDataset
+from xilsweep.data import XILData
+from xilsweep.errors import NonFiniteLossError, SettingError
+from xilsweep.files import read_checked, save_state_dict
+from xilsweep.losses import XILLoss
+from xilsweep.reasons import REASON_TAGS, Explainer, shortcut_removed_all
+from xilsweep.sampling import MixedBatchSampler
+from xilsweep.tracking import EpochRecorder, RunRecorder, write_metrics
+from xilsweep.training import Trainer
+
+log = logging.getLogger("xilsweep")
+CHECKPOINT_FILE = "checkpoint.pth"
+REFERENCES = ("confounded", "oracle")
+register()
+
+
+class ConfigError(Exception):
+    """A user-caused problem found before any work; printed as one line per problem."""
+
+
+def build(cfg: DictConfig, group: str, **supplied):
+    """Instantiate a config group, reporting bad values under the group's name."""
+    try:
+        # Only xilsweep's own classes may be instantiated from a config.
+        return instantiate(cfg[group], _convert_="all", _execution_whitelist_="xilsweep.*", **supplied)
+    except SettingError as e:
+        raise ConfigError(str(e.in_group(group))) from None
+    except hydra.errors.InstantiationException as e:
+        if isinstance(e.__cause__, SettingError):
+            raise ConfigError(str(e.__cause__.in_group(group))) from None
+        raise
+
+
+def seed_everything(seed: int) -> None:
+    """Same config and seed, same numbers (bit-identical on the CPU with the same thread count)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    # = use_deterministic_algorithms(True, warn_only=True), without importing torch._inductor
+    torch.set_deterministic_debug_mode("warn")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Job:
+    """Everything one correction job needs, built and validated up front."""
+
+    seed: int
+    save_model: bool
+    data: XILData
+    model: torch.nn.Module  # the confounded model, fine-tuned in place into the corrected one
+    confounded: dict  # the confounded model's record (accuracies, settings, cache path)
+    oracle_model: torch.nn.Module
+    oracle: dict
+    pool: UserCorrectedDataset
+    sampler: MixedBatchSampler
+    loss: XILLoss
+    trainer: Trainer
+    explainer: Explainer
+    config: dict  # the resolved config, kept in metrics.json
+
+    @property
+    def confounded_class(self) -> int | None:
+        return self.data.confounded_class
+
+    def hparams(self) -> dict:
+        """The settings of the hparams entry: those a sweep usually varies first, constants after."""
+        return {"lr": self.trainer.lr, "loss": self.loss.name, **self.loss.hparams(), "pool_size": len(self.pool),
+                "seed": self.seed, "pretrain_seed": self.confounded["settings"].get("seed"),
+                "correction": self.config["pool"]["correction"], "k": self.sampler.k_start,
+                "batch_size": self.sampler.batch_size, "optimizer": self.trainer.optimizer_name,
+                "n_train": len(self.data.train), "data": self.data.key}
+
+    def reasons(self, model: torch.nn.Module, attributions: bool = True) -> dict:
+        return self.explainer.reasons(model, self.data, self.confounded_class, attributions)
+
+    def run(self, out_dir: Path, overrides: list[str] | None = None) -> dict:
+        """Fine-tune, record every epoch, evaluate; returns the ``metrics.json`` record.
+
+        The record says ``running`` (with pid and host, so a killed job can be
+        told apart) until it is replaced by ``done`` or ``failed``.
+        """
+        began = time.perf_counter()
+        checkpoint = out_dir / CHECKPOINT_FILE
+        resuming = self.trainer.resume and checkpoint.exists()
+        # On resume, TensorBoard drops the killed run's events from the first epoch redone on.
+        recorder = RunRecorder(out_dir, purge_step=read_checked(checkpoint)[1]["epoch"] + 1 if resuming else None)
+        record = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+                  "torch_threads": torch.get_num_threads(), "run_name": out_dir.name,
+                  "version": xilsweep.__version__, "settings": self.hparams(), "config": self.config,
+                  "overrides": list(overrides or []), "data_key": self.data.key,
+                  "data_hash": self.data.content_hash}
+        write_metrics(out_dir, record)
+        try:
+            # Before fit, self.model is the confounded model (epoch 0), also when resuming.
+            record["confounded"] = {**self.confounded, **self.reasons(self.model)}
+            record["oracle"] = {**self.oracle, **self.reasons(self.oracle_model)}
+            epochs = EpochRecorder(recorder, self, record["confounded"], record["oracle"], resuming)
+            torch.manual_seed(self.seed)
+            train = self.pool.with_known_masks(self.data.train)  # mask-based losses see only the pool's masks
+            fit = self.trainer.fit(self.model, train=train, pool=self.pool.corrected, val=self.data.val,
+                                   sampler=self.sampler, loss_fn=self.loss, on_epoch=epochs, checkpoint=checkpoint)
+            test = self.trainer.evaluate(self.model, self.data.test)
+            final = self.reasons(self.model)  # of the best (restored) model
+            record.update({
+                "status": "done", "objective": fit.best_val_accuracy, "best_epoch": fit.best_epoch,
+                "epochs_run": fit.epochs_run, "best_val_accuracy": fit.best_val_accuracy,
+                "test_accuracy": test["accuracy"], "test_loss": test["loss"], **final,
+                "shortcut_removed": shortcut_removed_all(record["confounded"], final, record["oracle"]),
+                "reasons_seconds_per_epoch": epochs.mean_reason_seconds(),
+                "seconds_per_epoch": float(np.mean([h["seconds"] for h in fit.history if "seconds" in h] or [np.nan])),
+                "history": fit.history,
+            })
+            recorder.hparams(record["settings"], final_metrics(record))
+            if self.save_model:
+                save_state_dict(self.model, out_dir / "model.pth")
+            checkpoint.unlink(missing_ok=True)  # the job is complete; model.pth holds the result
+        except Exception as e:
+            reason = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
+            record.update({"status": "failed", "reason": reason, "traceback": traceback.format_exc()})
+            raise
+        finally:
+            record["seconds"] = time.perf_counter() - began
+            recorder.close()
+            write_metrics(out_dir, record)
+        return record
+
+
+def final_metrics(record: dict) -> dict:
+    """The hparams entry's metrics: the corrected model's, the share of the shortcut removed, the references'."""
+    return {"Final/best_val_accuracy": record["best_val_accuracy"], "Final/test_accuracy": record["test_accuracy"],
+            **{f"Final/{key}": record[key] for key in REASON_TAGS},
+            **{f"Final/shortcut_removed_{key}": value for key, value in record["shortcut_removed"].items()},
+            **{f"{kind.title()}/{key}": record[kind][key] for kind in REFERENCES
+               for key in ("test_accuracy", *REASON_TAGS)}}
+
+
+def assemble(cfg: DictConfig) -> Job:
+    """Validate every setting and build the job's objects, each once (no output written).
+
+    Settings that need no data are checked first, and every problem found is
+    reported, one line each, before any data is generated or loaded; the pool
+    and the sampler, which depend on the data's sizes, are checked next.
+    """
+    problems: list[str] = []
+
+    def attempt(group: str, **supplied):
+        try:
+            return build(cfg, group, **supplied)
+        except ConfigError as e:
+            problems.append(str(e))
+            return None
+
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        problems.append(f"seed={cfg.seed!r} is not allowed: an integer")
+    data_spec = attempt("data")
+    num_classes = data_spec.num_classes if data_spec is not None else 2
+    trainer, loss, explainer, pretrain = (attempt(group) for group in ("trainer", "loss", "explainer", "pretrain"))
+    model = attempt("model", num_classes=num_classes)
+    pool_spec = attempt("pool")
+    for needs_model in (explainer, loss):
+        if model is not None and needs_model is not None:
+            try:
+                needs_model.check(model)
+            except SettingError as e:
+                problems.append(str(e))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    seed_everything(cfg.seed)
+    trainer.apply_threads()
+    try:
+        data = data_spec.load()
+    except SettingError as e:
+        raise ConfigError(str(e.in_group("data"))) from None
+    try:
+        pool = pool_spec.draw(data.train, cfg.seed, data.confounded_class)
+    except SettingError as e:
+        raise ConfigError(str(e.in_group("pool"))) from None
+    sampler = build(cfg, "sampler", n_confounded=len(data.train), pool_size=len(pool))
+    model_settings = OmegaConf.to_container(cfg.model, resolve=True)
+
+    def fresh_model():
+        return build(cfg, "model", num_classes=num_classes)
+
+    model, confounded = pretrain.confounded_model(data, fresh_model, model_settings, trainer)
+    oracle_model, oracle = pretrain.oracle_model(data, fresh_model, model_settings, trainer)
+    return Job(seed=cfg.seed, save_model=cfg.save_model, data=data, model=model, confounded=confounded,
+               oracle_model=oracle_model, oracle=oracle, pool=pool, sampler=sampler, loss=loss, trainer=trainer,
+               explainer=explainer, config=OmegaConf.to_container(cfg, resolve=True))
