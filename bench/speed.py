@@ -8,17 +8,16 @@ One run measures, side by side on the same data, models and batches:
    tensors, the model placed by ``Trainer``) against a plain reference loop (a
    ``Dataset`` returning one (image, one-hot) pair per item, a ``DataLoader``
    with the same batches as its batch sampler, the same model, loss and
-   optimiser); the same loop in the other memory format; a vectorised
-   ensemble of 8 (per member); evaluation at several batch sizes;
+   optimiser); the same loop in the other memory format; evaluation at
+   several batch sizes;
 2. achieved GFLOP/s of training and evaluation (convolution and linear FLOPs
    counted by ``torch.utils.flop_counter``) against a matrix-product ceiling
    (``torch.mm`` of large fp32 matrices) measured between the epochs;
 3. ``torch.compile`` against eager on the default model;
 4. jobs per hour of a small lambda x seed sweep run as one job per process,
-   as parallel processes with one thread each (``hydra/launcher=parallel``),
-   in one process (Hydra's basic launcher) and as a vectorised ensemble
-   (``hydra/launcher=ensemble hydra.launcher.vectorise=always``), with the
-   peak memory of the largest process;
+   as parallel processes with one thread each (``hydra/launcher=parallel``)
+   and in one process (Hydra's basic launcher), with the peak memory of the
+   largest process;
 5. the wall time of a 100-job lambda_search-style sweep of the default
    model, run in the mode that gave the most jobs/hour.
 
@@ -51,9 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xilsweep.correction import UserCorrectedDataset  # noqa: E402
-from xilsweep.ensemble import FitRequest, fit_ensemble  # noqa: E402
-from xilsweep.run import build  # noqa: E402
+from xilsweep.job import assemble, build  # noqa: E402
 from xilsweep.sampling import create_is_user_corrected_mask  # noqa: E402
 from xilsweep.training import concat, evaluate, train_one_epoch  # noqa: E402
 
@@ -62,14 +59,11 @@ MODEL_OVERRIDES = {"mlp": ["explainer=input_gradients"]}  # GradCAM needs a conv
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
 EVAL_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
-SWEEP_MODES = ("per_process", "parallel", "in_process", "ensemble")
-ENSEMBLE_SIZE = 8
+SWEEP_MODES = ("per_process", "parallel", "in_process")
 LAMBDAS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
-TINY = ["data.n_train=300", "pool.size=10", "trainer.max_epochs=2", "pretrain.epochs=1",
-        "trainer.num_threads=1"]
+TINY = ["debug=tiny"]  # conf/debug/tiny.yaml
 LAUNCHERS = {"parallel": ["hydra/launcher=parallel"],  # joblib: a worker process per core, one thread each
-             "in_process": [],  # Hydra's basic launcher
-             "ensemble": ["hydra/launcher=ensemble", "hydra.launcher.vectorise=always"]}
+             "in_process": []}  # Hydra's basic launcher
 
 
 def job_overrides(args, model_name: str) -> list[str]:
@@ -82,11 +76,12 @@ def config(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-def best_seconds(fn, repeats: int = 1) -> float:
+def best_seconds(fn, *args, repeats: int = 1) -> float:
+    """The shortest of ``repeats`` calls of ``fn(*args)``."""
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
-        fn()
+        fn(*args)
         times.append(time.perf_counter() - began)
     return min(times)
 
@@ -94,7 +89,7 @@ def best_seconds(fn, repeats: int = 1) -> float:
 def matmul_gflops(size: int) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)  # warm-up
-    return 2 * size ** 3 / best_seconds(lambda: torch.mm(a, b), 3) / 1e9
+    return 2 * size ** 3 / best_seconds(torch.mm, a, b, repeats=3) / 1e9
 
 
 class PairDataset(Dataset):
@@ -141,15 +136,12 @@ class LoopCase:
 
     def __init__(self, args, model_name: str):
         self.name = model_name
-        self.cfg = cfg = config(job_overrides(args, model_name))
-        self.trainer, self.loss_fn = build(cfg, "trainer"), build(cfg, "loss")
-        self.data = build(cfg, "data").load()
-        self.sampler = build(cfg, "sampler", n_confounded=len(self.data.train))
-        self.pools = [UserCorrectedDataset(self.data.train, self.pool.size, self.pool.correction,
-                                           seed=seed).corrected for seed in range(ENSEMBLE_SIZE)]
-        self.merged = concat(self.data.train, self.pools[0])
+        cfg = config(job_overrides(args, model_name))
+        job = assemble(cfg)
+        self.trainer, self.loss_fn, self.data, self.sampler = job.trainer, job.loss, job.data, job.sampler
+        self.merged = concat(self.data.train, job.pool.corrected)
         torch.manual_seed(0)
-        self.start_model = build(cfg, "model")
+        self.start_model = build(cfg, "model", num_classes=self.data.num_classes)
         self.forward_flops, self.train_flops = flops_per_sample(self.start_model)
         self.other = "contiguous" if self.trainer.memory_format == torch.channels_last else "channels_last"
         # xilsweep's loop; the same with the other memory format or torch's default optimiser
@@ -172,7 +164,7 @@ class LoopCase:
         return model, optimizer
 
     def measure(self, epoch: int) -> dict[str, float]:
-        """Samples/s of one epoch of every variant, of evaluation per batch size, of an ensemble member."""
+        """Samples/s of one epoch of every variant and of evaluation per batch size."""
         batches, k = self.sampler.batches(epoch), self.sampler.k
         n_samples = sum(len(b) for b in batches)
         loader = DataLoader(PairDataset(self.merged.x, self.merged.targets),
@@ -180,31 +172,14 @@ class LoopCase:
         rates = {}
         for name, (model, optimizer) in self.loops.items():
             if name == "reference":
-                seconds = best_seconds(lambda: reference_epoch(model, loader, k, self.loss_fn, optimizer))
+                seconds = best_seconds(reference_epoch, model, loader, k, self.loss_fn, optimizer)
             else:
-                seconds = best_seconds(lambda: train_one_epoch(model, self.merged, batches, k, self.loss_fn,
-                                                               optimizer))
+                seconds = best_seconds(train_one_epoch, model, self.merged, batches, k, self.loss_fn, optimizer)
             rates[name] = n_samples / seconds
         for size in EVAL_BATCH_SIZES:
-            seconds = best_seconds(lambda: evaluate(self.loops["xilsweep"][0], self.data.test, size))
+            seconds = best_seconds(evaluate, self.loops["xilsweep"][0], self.data.test, size)
             rates[f"eval_{size}"] = len(self.data.test) / seconds
-        rates["ensemble_member"] = self.ensemble_member_rate()
         return rates
-
-    def ensemble_member_rate(self) -> float:
-        """Training samples/s per member of a vectorised ensemble (members with their own seeds,
-        pools and batch order; one epoch on 320 training images, a 32-image validation)."""
-        train = self.data.train.subset(torch.arange(min(320, len(self.data.train))))
-        val = self.data.val.subset(torch.arange(32))
-        requests = []
-        for seed, pool in enumerate(self.pools):
-            model = self.trainer.place(copy.deepcopy(self.start_model))
-            sampler = build(self.cfg, "sampler", n_confounded=len(train), seed=seed)
-            requests.append(FitRequest(model, train, pool, val, sampler, build(self.cfg, "loss"),
-                                       self.trainer.make_optimizer(model.parameters()), max_epochs=1, patience=1,
-                                       eval_batch_size=self.trainer.eval_batch_size))
-        n_samples = len(train) + len(requests[0].sampler) * requests[0].sampler.k
-        return len(requests) * n_samples / best_seconds(lambda: fit_ensemble(requests))
 
     def summary(self, threads: int, rates: dict[str, list[float]], ceilings: list[float]) -> dict:
         best = {name: max(values) for name, values in rates.items()}
@@ -220,7 +195,6 @@ class LoopCase:
             "loop_vs_reference": best["xilsweep"] / best["reference"],
             "loop_vs_other_format": best["xilsweep"] / best[f"xilsweep_{self.other}"], "other_format": self.other,
             "loop_vs_plain_optimizer": best["xilsweep"] / best["xilsweep_plain_optimizer"],
-            "ensemble_member_vs_loop": best["ensemble_member"] / best["xilsweep"],
             "train_gflops": train_gflops, "train_percent_of_ceiling": 100 * train_gflops / ceiling,
             "eval_batch_size_best": eval_size, "eval_gflops": eval_gflops,
             "eval_percent_of_ceiling": 100 * eval_gflops / ceiling,
@@ -255,18 +229,17 @@ def compile_section(args) -> dict:
     """torch.compile against eager on the default model: compile time and steady epochs."""
     torch.set_num_threads(min(args.threads))
     cfg = config([f"data.root={args.data_root}", *args.job_overrides])
-    trainer, loss_fn = build(cfg, "trainer"), build(cfg, "loss")
-    data = build(cfg, "data").load()
-    sampler = build(cfg, "sampler", n_confounded=len(data.train))
-    merged = concat(data.train, UserCorrectedDataset(data.train, pool.size, pool.correction).corrected)
+    job = assemble(cfg)
+    trainer, loss_fn, sampler = job.trainer, job.loss, job.sampler
+    merged = concat(job.data.train, job.pool.corrected)
     torch.manual_seed(0)
-    eager = trainer.place(build(cfg, "model"))
+    eager = trainer.place(build(cfg, "model", num_classes=job.data.num_classes))
     compiled = torch.compile(copy.deepcopy(eager))
     result = {"threads": torch.get_num_threads()}
     for name, model in (("eager", eager), ("compiled", compiled)):
         optimizer = trainer.make_optimizer(model.parameters())
-        epochs = [best_seconds(lambda: train_one_epoch(model, merged, sampler.batches(e), sampler.k, loss_fn,
-                                                       optimizer)) for e in range(1 + args.repeats)]
+        epochs = [best_seconds(train_one_epoch, model, merged, sampler.batches(e), sampler.k, loss_fn, optimizer)
+                  for e in range(1 + args.repeats)]
         result[name] = {"first_epoch_seconds": epochs[0], "epoch_seconds": min(epochs[1:])}
     result["steady_speedup"] = result["eager"]["epoch_seconds"] / result["compiled"]["epoch_seconds"]
     print(f"  torch.compile: first epoch {result['compiled']['first_epoch_seconds']:.1f} s, "
@@ -401,10 +374,6 @@ def targets(report: dict) -> list[str]:
         r = report["full_sweep"]
         lines.append(f"{r['jobs']}-job sweep of the default model: {r['seconds'] / 60:.1f} min with {r['mode']} "
                      f"(target < 10 min)")
-    lenet = {r["mode"]: r for r in report.get("sweeps", []) if r["model"] == "lenet"}
-    if "ensemble" in lenet and lenet["ensemble"]["vs_per_process"]:
-        lines.append(f"vectorised ensemble, LeNet: {lenet['ensemble']['vs_per_process']:.2f}x the jobs/hour of one "
-                     f"job per process (target >= 3x)")
     return lines
 
 
@@ -416,16 +385,16 @@ def table(report: dict) -> str:
         lines += ["", "Training loop: samples/s (best of the repeats), GFLOP/s against the torch.mm ceiling "
                       "measured in the same rounds", "",
                   "| threads | model | xilsweep loop | plain reference | ratio | vs other memory format "
-                  "| vs unfused optimiser | ensemble of 8, per member | train GFLOP/s | % ceiling "
+                  "| vs unfused optimiser | train GFLOP/s | % ceiling "
                   "| eval GFLOP/s (batch) | % ceiling | ceiling GFLOP/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["loop"]:
             s = r["samples_per_s"]
             lines.append(
                 f"| {r['threads']} | {r['model']} | {s['xilsweep']:.0f} | {s['reference']:.0f} "
                 f"| {r['loop_vs_reference']:.2f}x | {r['loop_vs_other_format']:.2f}x ({r['other_format']}) "
                 f"| {r['loop_vs_plain_optimizer']:.2f}x "
-                f"| {r['ensemble_member_vs_loop']:.2f}x | {r['train_gflops']:.1f} "
+                f"| {r['train_gflops']:.1f} "
                 f"| {r['train_percent_of_ceiling']:.0f}% | {r['eval_gflops']:.1f} ({r['eval_batch_size_best']}) "
                 f"| {r['eval_percent_of_ceiling']:.0f}% | {r['ceiling_gflops']:.0f} |")
         lines += ["", "Evaluation: samples/s by batch size", "",

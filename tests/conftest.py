@@ -1,24 +1,16 @@
 """Shared fixtures: a private copy of the bundled MNIST digits, the generated
-08MNIST data, and a helper that runs ``python -m xilsweep.run`` in a subprocess."""
+08MNIST data, and ``python -m xilsweep.run`` in a subprocess (see helpers.py)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import REPO, TINY, run_xilsweep  # noqa: F401 (TINY: still imported from here by test_methods.py)
 from xilsweep.data import ConfoundedMNIST08
-
-REPO = Path(__file__).resolve().parents[1]
-
-# Tiny but real settings for jobs run from tests: a 300-digit training subset.
-TINY = ["data.n_train=300", "pool.size=10", "trainer.max_epochs=2", "pretrain.epochs=1",
-        "trainer.num_threads=1"]
 
 
 @pytest.fixture(autouse=True)
@@ -38,12 +30,6 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data(data_root):
     return ConfoundedMNIST08(root=str(data_root)).load()
-
-
-def run_xilsweep(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "xilsweep.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

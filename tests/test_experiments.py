@@ -3,29 +3,21 @@ presets: configs composed in-process, sweeps run as real multiruns on tiny
 settings (lr_search and full_grid_search run in test_report.py, whose report
 is built from them)."""
 
-import json
-from pathlib import Path
-
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, TINY
-from hydra_plugins.xilsweep_sweeper.xilsweep_sweeper import applicable_jobs
+from helpers import CONF, compose_config, events, job_folders, job_metrics, run_sweep
+from hydra_plugins.xilsweep_sweeper.xilsweep_sweeper import applicable_jobs, grid
 from xilsweep.report import find_jobs
 
-CONF = REPO / "conf"
 EXPERIMENTS = ("overfit_test", "lr_search", "lambda_search", "full_grid_search")
-# Tiny jobs of one epoch; the explanation metrics on a few images only.
-FAST = [*TINY, "trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
+# Jobs of one epoch; the explanation metrics on a few images only.
+FAST = ["trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
 
 
 def experiment_config(name: str, overrides=()):
-    with initialize_config_dir(config_dir=str(CONF)):
-        return compose("config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True)
+    return compose_config([f"experiment={name}", *overrides], hydra=True)
 
 
 def sweep_values(cfg) -> dict[str, list[str]]:
@@ -34,16 +26,9 @@ def sweep_values(cfg) -> dict[str, list[str]]:
     return {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed}
 
 
-def run_sweep(xilsweep_cli, tmp_path: Path, data_root, args: list[str], name: str):
+def fast_sweep(tmp_path, data_root, args: list[str], name: str):
     out = tmp_path / name
-    result = xilsweep_cli(["-m", *FAST, f"data.root={data_root}", *args, f"hydra.sweep.dir={out}"], tmp_path)
-    return result, out
-
-
-def job_metrics(out: Path) -> list[dict]:
-    folders = sorted((p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: int(p.name.split("_")[0]))
-    return [json.loads((p / "metrics.json").read_text()) for p in folders]
+    return run_sweep([*FAST, *args], out, data_root), out
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -54,16 +39,14 @@ def test_every_experiment_sweeps_seeds_with_the_xilsweep_sweeper(name):
     assert len(set(seeds)) >= (3 if name in ("lambda_search", "full_grid_search") else 2)
 
 
-def test_experiments_hold_the_guides_settings(data):
-    overfit, lr, lam, grid = (experiment_config(n) for n in EXPERIMENTS)
-    assert overfit.data.n_train == 100 and overfit.trainer.patience >= overfit.trainer.max_epochs
-    assert lr.data.n_train == 1000
-    assert [float(v) for v in sweep_values(lr)["trainer.lr"]] == [0.1, 0.07, 0.05, 0.01, 0.007, 0.005, 0.001, 0.0001]
-    assert lam.hydra.runtime.choices.loss == "balanced"
-    assert [float(v) for v in sweep_values(lam)["loss.lam"]] == [0.1, 0.5, 1, 2, 5, 10]
-    assert experiment_config("lambda_search", ["best_lr=0.007"]).trainer.lr == 0.007
-    grid_values = sweep_values(grid)
-    assert grid.data.n_train is None and set(grid_values["loss"]) == {"balanced", "imbalanced"}
+def test_experiment_settings_fit_together(data):
+    overfit, lr, lam, full_grid = (experiment_config(n) for n in EXPERIMENTS)
+    assert overfit.trainer.patience >= overfit.trainer.max_epochs  # fitting the data: never stops early
+    assert len(set(sweep_values(lr)["trainer.lr"])) >= 3
+    assert "lam" in lam.loss and len(set(sweep_values(lam)["loss.lam"])) >= 3  # the swept loss has a lambda
+    assert experiment_config("lambda_search", ["best_lr=0.007"]).trainer.lr == 0.007  # step 2's answer is used
+    grid_values = sweep_values(full_grid)
+    assert set(grid_values["loss"]) == {"balanced", "imbalanced"}
     assert len(grid_values["trainer.lr"]) >= 2 and len(grid_values["loss.lam"]) >= 2
     dotted_eights = int(((data.train.labels == 1) & data.train.mask.flatten(1).any(1)).sum())
     assert max(int(v) for v in grid_values["pool.size"]) == dotted_eights  # as large as the data allows
@@ -74,10 +57,8 @@ def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
     values = sweep_values(cfg)
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     overrides = OverridesParser.create().parse_overrides([*params, "experiment=full_grid_search", "loss.lamda=3"])
-    combinations = BasicSweeper.split_arguments(overrides, None)[0]
-    with initialize_config_dir(config_dir=str(CONF)):
-        jobs = applicable_jobs(combinations, overrides, is_group=lambda key: (CONF / key).is_dir(),
-                               compose=lambda choices: compose("config", overrides=choices))
+    combinations = grid(overrides)
+    jobs = applicable_jobs(combinations, overrides, is_group=lambda key: (CONF / key).is_dir(), compose=compose_config)
     n = {k: len(v) for k, v in values.items()}
     per_loss = n["trainer.lr"] * n["pool.size"] * n["seed"]
     assert len(jobs) == per_loss * n["loss.lam"] + per_loss  # balanced x lambda, imbalanced once
@@ -87,14 +68,19 @@ def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
     assert all("loss.lamda=3" in job for job in jobs)  # a key no option has is kept: Hydra reports the typo
 
 
+def test_a_setting_that_no_job_has_stops_the_sweep_before_any_job_runs(data_root, tmp_path):
+    result, out = fast_sweep(tmp_path, data_root, ["hydra/sweeper=xilsweep", "loss=balanced,imbalanced",
+                                                   "loss.lamda=3"], "typo")
+    assert result.returncode == 1 and "Could not override 'loss.lamda'" in result.stderr, result.stderr[-2000:]
+    assert not (out.exists() and job_folders(out))
+
+
 @pytest.mark.parametrize("launcher,target", [("parallel", "JoblibLauncher"), ("local", "LocalLauncher"),
                                              ("slurm", "SlurmLauncher")])
 def test_launcher_presets_give_one_torch_thread_per_cpu(launcher, target):
     submitit = launcher != "parallel"
-    with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose("config", overrides=[f"hydra/launcher={launcher}",
-                                           *(["hydra.launcher.cpus_per_task=3"] if submitit else [])],
-                      return_hydra_config=True)
+    cfg = compose_config([f"hydra/launcher={launcher}", *(["hydra.launcher.cpus_per_task=3"] if submitit else [])],
+                         hydra=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     if submitit:  # OMP_NUM_THREADS follows the job's CPUs; trainer.num_threads=null follows it
         assert cfg.hydra.job.env_set.OMP_NUM_THREADS == "3"
@@ -102,10 +88,10 @@ def test_launcher_presets_give_one_torch_thread_per_cpu(launcher, target):
         assert cfg.hydra.launcher.inner_max_num_threads == 1
 
 
-def test_overfit_test_fits_100_samples(xilsweep_cli, data_root, tmp_path):
-    result, out = run_sweep(xilsweep_cli, tmp_path, data_root,
-                            ["experiment=overfit_test", "data.n_train=100", "pool.size=20",
-                             "trainer.max_epochs=10", "trainer.patience=10", "seed=0"], "overfit")
+def test_overfit_test_fits_100_samples(data_root, tmp_path):
+    result, out = fast_sweep(tmp_path, data_root,
+                             ["experiment=overfit_test", "data.n_train=100", "pool.size=20",
+                              "trainer.max_epochs=10", "trainer.patience=10", "seed=0"], "overfit")
     assert result.returncode == 0, result.stderr[-2000:]
     [metrics] = job_metrics(out)
     trained = metrics["history"][1:]
@@ -113,36 +99,36 @@ def test_overfit_test_fits_100_samples(xilsweep_cli, data_root, tmp_path):
     assert len(trained) == 10  # no early stopping
     assert trained[-1]["train_loss"] < trained[0]["train_loss"] / 5
     assert max(h["train_accuracy"] for h in trained[-5:]) >= 0.99
-    [folder] = [p for p in out.iterdir() if p.is_dir()]
-    events = EventAccumulator(str(folder), size_guidance={"images": 0})
-    events.Reload()
-    assert {"Images/confounded_samples", "Images/corrected_samples"} <= set(events.Tags()["images"])
+    [folder] = job_folders(out)
+    assert {"Images/confounded_samples", "Images/corrected_samples"} <= set(events(folder).Tags()["images"])
 
 
-def test_lambda_search_on_the_submitit_local_launcher(xilsweep_cli, data_root, tmp_path):
-    result, out = run_sweep(xilsweep_cli, tmp_path, data_root,
-                            ["experiment=lambda_search", "best_lr=0.005", "loss.lam=0.5,2", "seed=0",
-                             "hydra/launcher=local", "trainer.num_threads=null"], "lambda")
+def test_lambda_search_on_the_submitit_local_launcher_in_batches_of_one(data_root, tmp_path):
+    result, out = fast_sweep(tmp_path, data_root,
+                             ["experiment=lambda_search", "best_lr=0.005", "loss.lam=0.5,2", "seed=0",
+                              "hydra/launcher=local", "trainer.num_threads=null", "hydra.sweeper.max_batch_size=1"],
+                             "lambda")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert [p.name.split("_")[0] for p in job_folders(out)] == ["0", "1"]  # numbered on across batches
     runs = job_metrics(out)
     assert [(m["settings"]["lambda"], m["settings"]["lr"]) for m in runs] == [(0.5, 0.005), (2.0, 0.005)]
     assert all(m["status"] == "done" and m["torch_threads"] == 1 for m in runs)
     assert len({m["pid"] for m in runs}) == 2 and (out / ".submitit").is_dir()  # a process per job
 
 
-def test_optuna_study_resumes_from_sqlite_and_records_failed_trials(xilsweep_cli, data_root, tmp_path):
+def test_optuna_study_resumes_from_sqlite_and_records_failed_trials(data_root, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     optuna_args = ["hparams_search=lambda_optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_jobs=1"]
-    result, first = run_sweep(xilsweep_cli, tmp_path, data_root, [*optuna_args, "hydra.sweeper.n_trials=1"], "optuna1")
+    result, first = fast_sweep(tmp_path, data_root, [*optuna_args, "hydra.sweeper.n_trials=1"], "optuna1")
     assert result.returncode == 0, result.stderr[-2000:]
     study = optuna.load_study(study_name="xil_lambda", storage=storage)
     [trial] = study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and 0.01 <= trial.params["loss.lam"] <= 100
     assert trial.value == job_metrics(first)[0]["best_val_accuracy"]
     # A second call adds trials to the same study; here each one fails (NaN loss) and the study goes on.
-    result, second = run_sweep(xilsweep_cli, tmp_path, data_root,
-                               [*optuna_args, "hydra.sweeper.n_trials=2", "trainer.optimizer=sgd", "trainer.lr=1e12"],
-                               "optuna2")
+    result, second = fast_sweep(tmp_path, data_root,
+                                [*optuna_args, "hydra.sweeper.n_trials=2", "trainer.optimizer=sgd", "trainer.lr=1e12"],
+                                "optuna2")
     assert result.returncode == 0, result.stderr[-2000:]
     study = optuna.load_study(study_name="xil_lambda", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.FAIL] * 2

@@ -9,15 +9,22 @@ import pytest
 import torch
 from torchvision.io import read_image
 
-from conftest import TINY, run_xilsweep
-from test_run import make_cfg, tags
+from helpers import TINY, events, job_config, run_xilsweep
 from xilsweep.data import CONFOUNDED_CLASS, ConfoundedMNIST08, Split
 from xilsweep.errors import SettingError
 from xilsweep.explain import main as explain_main
 from xilsweep.models import MLP, ConvNet
-from xilsweep.reasons import (REASON_TAGS, GradCAM, InputGradients, attribution_in_mask, dot_flip_rate,
-                              normalise, overlay, wrong_reason_score)
-from xilsweep.run import ConfigError, build, prepare
+from xilsweep.reasons import (
+    REASON_TAGS,
+    GradCAM,
+    InputGradients,
+    attribution_in_mask,
+    dot_flip_rate,
+    normalise,
+    overlay,
+    wrong_reason_score,
+)
+from xilsweep.job import ConfigError, assemble, build
 from xilsweep.training import Trainer, train_confounded
 
 # Three 2x2 maps, flattened row by row: a map with structure, an all-zero map, and one with an offset.
@@ -119,13 +126,13 @@ def test_explanations_are_batched_maps_of_the_input_size(data, confounded_and_cl
     assert torch.allclose(GradCAM().attribute(model, x), single, atol=1e-5)
 
 
-def test_gradcam_needs_a_convolution_and_input_gradients_explain_any_model(data, data_root, tmp_path):
+def test_gradcam_needs_a_convolution_and_input_gradients_explain_any_model(data, data_root):
     with pytest.raises(SettingError, match="explainer='gradcam' is not allowed: input_gradients"):
         GradCAM().check(MLP())
     assert InputGradients().attribute(MLP(), data.test.x[:3]).shape == (3, 1, 28, 28)
     with pytest.raises(ConfigError, match="explainer='gradcam' is not allowed: input_gradients"):
-        prepare(make_cfg([*TINY, "model=mlp", "explainer=gradcam"], data_root, tmp_path))
-    cfg = make_cfg([*TINY, "model=mlp", "explainer=input_gradients"], data_root, tmp_path)
+        assemble(job_config([*TINY, "model=mlp", "explainer=gradcam"], data_root))
+    cfg = job_config([*TINY, "model=mlp", "explainer=input_gradients"], data_root)
     build(cfg, "explainer").check(build(cfg, "model"))
 
 
@@ -134,9 +141,9 @@ def test_gradcam_needs_a_convolution_and_input_gradients_explain_any_model(data,
     ("explainer.threshold=median", "explainer.threshold='median' is not allowed"),
     ("explainer.n_images=0", "explainer.n_images=0 is not allowed: null (all) or an integer >= 1"),
 ])
-def test_bad_explainer_settings_stop_the_job_with_one_clear_line(override, message, data_root, tmp_path):
+def test_bad_explainer_settings_stop_the_job_with_one_clear_line(override, message, data_root):
     with pytest.raises(ConfigError) as err:
-        prepare(make_cfg([*TINY, override], data_root, tmp_path))
+        assemble(job_config([*TINY, override], data_root))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -151,12 +158,12 @@ def finished_job(data_root, tmp_path_factory):
 
 def test_job_logs_reasons_and_explanations_every_epoch_and_records_before_and_after(finished_job):
     metrics = json.loads((finished_job / "metrics.json").read_text())
-    ea = tags(finished_job)
+    ea = events(finished_job)
     n_epochs = metrics["epochs_run"] + 1  # epoch 0 is the confounded model
     for key, tag in REASON_TAGS.items():
-        events = ea.Scalars(tag)
-        assert [e.step for e in events] == list(range(n_epochs)), tag
-        assert events[0].value == pytest.approx(metrics["confounded"][key]), key
+        scalars = ea.Scalars(tag)
+        assert [e.step for e in scalars] == list(range(n_epochs)), tag
+        assert scalars[0].value == pytest.approx(metrics["confounded"][key]), key
         assert 0 <= metrics[key] <= (100 if key == "wrong_reason_score" else 1)
         assert f"Final/{key}" in ea.Tags()["scalars"]
     assert metrics["confounded"]["dot_flip_rate"] > 0.3  # the starting model relies on the dots

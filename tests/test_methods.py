@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.data import ConfoundedMNIST08, load_mnist
 from xilsweep.decoy import NUM_CLASSES, DecoyMNIST, shade

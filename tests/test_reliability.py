@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, TINY, run_xilsweep
+from helpers import REPO, TINY, events, run_xilsweep
 from xilsweep.data import ConfoundedMNIST08
+from xilsweep.errors import DataError
 from xilsweep.files import read_checked
 
 # fields that legitimately differ between two runs of the same job
@@ -89,9 +89,7 @@ def test_killed_job_resumes_to_the_same_result(delay, data_root, tmp_path, unint
     resumed = run_job_dir(data_root, out, "trainer.resume=true", base=LONG)
     assert comparable(resumed) == comparable(uninterrupted)
     assert not (out / "checkpoint.pth").exists()
-    ea = EventAccumulator(str(out))
-    ea.Reload()
-    steps = [e.step for e in ea.Scalars("Loss/train_epoch")]
+    steps = [e.step for e in events(out).Scalars("Loss/train_epoch")]
     assert steps == list(range(1, resumed["epochs_run"] + 1))  # no duplicated epochs after the resume
 
 
@@ -116,7 +114,8 @@ def test_concurrent_builders_produce_one_valid_cache(data_root, tmp_path):
         hashes = pool.map(build_data, [str(root)] * 2)
     assert hashes[0] == hashes[1]
     files = list((root / "08MNIST").rglob("*.pth"))
-    assert len(files) == 2 and all(read_checked(f) for f in files)
+    settings = ConfoundedMNIST08(root=str(root)).generation_settings()
+    assert len(files) == 2 and [read_checked(f)[0] for f in files] == [settings, settings]  # DataError if damaged
     assert not list((root / "08MNIST").rglob("*.tmp"))
 
 
@@ -134,7 +133,7 @@ def test_damaged_cache_is_detected_and_rebuilt(damage, data_root, tmp_path, capl
     else:
         blob[len(blob) // 2] ^= 0xFF  # inside the pixel data
     path.write_bytes(bytes(blob))
-    with pytest.raises(Exception):
+    with pytest.raises(DataError, match="truncated or corrupt" if damage == "truncate" else "checksum"):
         read_checked(path)
     assert spec.load().content_hash == good
     assert "rebuilding it" in caplog.text
@@ -185,11 +184,15 @@ def test_bad_input_gives_one_clear_line_and_leaves_no_output(override, message, 
 
 
 def test_every_problem_is_reported_one_line_each(data_root, tmp_path):
-    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={tmp_path / 'job'}",
-                           "loss.lam=-1", "trainer.lr=0", "sampler.k=99"], tmp_path)
-    text = result.stdout + result.stderr
-    for message in ("loss.lam=-1", "trainer.lr=0", "sampler.k=99"):
-        assert sum(message in line for line in text.splitlines()) >= 1, message
+    problems = ("loss.lam=-1", "trainer.lr=0", "sampler.k=99")
+    out = tmp_path / "job"
+    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}", *problems], tmp_path)
+    assert result.returncode == 2
+    for text in (result.stdout + result.stderr, (out / "run.log").read_text()):
+        lines = [line for line in text.splitlines() if "is not allowed" in line]
+        assert len(lines) == len(problems), text[-2000:]
+        for problem in problems:
+            assert sum(f"{problem} is not allowed" in line for line in lines) == 1, problem
 
 
 def test_optuna_study_in_sqlite_resumes_after_the_sweeper_is_killed(data_root, tmp_path):

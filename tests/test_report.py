@@ -9,17 +9,13 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import TINY, run_xilsweep
-from xilsweep.report import answer_lambda, find_jobs, main as report_main, write_report
+from helpers import job_folders, run_sweep
+from xilsweep.report import answer_lambda, find_jobs, write_report
+from xilsweep.report import main as report_main
 
-FAST = [*TINY, "trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
+FAST = ["trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
 PLOTS = ("val_accuracy_vs_lr.png", "test_accuracy_vs_lambda.png", "test_accuracy_vs_pool_size.png",
          "training_curves_best.png")
-
-
-def job_folders(sweep):
-    return sorted((p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "report"),
-                  key=lambda p: int(p.name.split("_")[0]))
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +23,9 @@ def grid_sweep(data_root, tmp_path_factory):
     """The full grid experiment on tiny lists, in parallel: 2 lambdas x 2 pool sizes x 2 seeds
     balanced, and 2 pool sizes x 2 seeds imbalanced (lambda does not apply)."""
     sweep = tmp_path_factory.mktemp("grid") / "sweep"
-    result = run_xilsweep(["-m", *FAST, f"data.root={data_root}", "experiment=full_grid_search",
-                           "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "trainer.num_threads=null",
-                           "trainer.lr=0.001", "loss.lam=0.5,2", "pool.size=5,10", "seed=0,1",
-                           f"hydra.sweep.dir={sweep}"], sweep.parent)
+    result = run_sweep([*FAST, "experiment=full_grid_search", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                        "trainer.num_threads=null", "trainer.lr=0.001", "loss.lam=0.5,2", "pool.size=5,10",
+                        "seed=0,1"], sweep, data_root)
     assert result.returncode == 0, result.stderr[-2000:]
     return sweep
 
@@ -40,9 +35,8 @@ def failing_sweep(data_root, tmp_path_factory):
     """The lr_search experiment, six jobs in order: two good ones, a bad setting (loss.lam=-1)
     among them and a NaN loss (lr 1e12)."""
     sweep = tmp_path_factory.mktemp("failing") / "sweep"
-    result = run_xilsweep(["-m", *FAST, f"data.root={data_root}", "experiment=lr_search", "trainer.optimizer=sgd",
-                           "trainer.lr=0.001,0.01,1e12", "loss.lam=1,-1", "seed=0",
-                           f"hydra.sweep.dir={sweep}"], sweep.parent)
+    result = run_sweep([*FAST, "experiment=lr_search", "trainer.optimizer=sgd", "trainer.lr=0.001,0.01,1e12",
+                        "loss.lam=1,-1", "seed=0"], sweep, data_root)
     return sweep, result
 
 
@@ -66,7 +60,7 @@ def test_report_tables_one_row_per_job_and_mean_std_n_over_seeds(grid_sweep):
     assert {"loss", "loss.lam", "pool.size", "seed"} <= set(jobs.columns)
     assert "trainer.lr" not in jobs.columns and "experiment" not in jobs.columns
     assert jobs[jobs.loss == "imbalanced"]["loss.lam"].isna().all()
-    for folder, row in zip(folders, jobs.itertuples()):
+    for folder, row in zip(folders, jobs.itertuples(), strict=True):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert row.test_accuracy == pytest.approx(metrics["test_accuracy"])
         assert row.epochs_run == metrics["epochs_run"] and row.status == "done"
@@ -112,7 +106,7 @@ def test_failing_jobs_leave_the_sweep_running_and_show_as_failed(failing_sweep):
     jobs = pd.read_csv(sweep / "report" / "jobs.csv")
     assert list(jobs.status) == ["done", "failed", "done", "failed", "failed", "failed"]
     bad_setting = jobs[jobs["loss.lam"] == -1]
-    assert bad_setting.reason.str.contains("loss.lam=-1 is not allowed").all()
+    assert bad_setting.reason.str.contains("loss.lam=-1.0 is not allowed").all()
     assert not any((folders[i] / "metrics.json").exists() for i in bad_setting.index)
     nan = jobs[(jobs["trainer.lr"] == 1e12) & (jobs["loss.lam"] == 1)]
     assert nan.reason.str.contains("training loss became nan").all()

@@ -1,49 +1,28 @@
 """The Hydra application: config composition (in-process) and jobs (in-process and subprocess)."""
 
 import json
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, TINY
-from xilsweep.run import ConfigError, build, prepare, run_job
+from helpers import CONF, TINY, events, job_config, job_folders, run_sweep, run_xilsweep
+from xilsweep.job import ConfigError, assemble, build
+from xilsweep.run import run_job
 from xilsweep.tracking import EPOCH_TAGS
 
-CONF = REPO / "conf"
 GROUP_OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-                 for group in ("data", "model", "loss", "sampler", "trainer")}
-
-
-def make_cfg(overrides, data_root, tmp_path):
-    with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose("config", overrides=[f"data.root={data_root}", *overrides],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra  # as in a real job: the hydra node is only reachable via HydraConfig
-    return cfg
+                 for group in ("data", "model", "loss", "pool", "sampler", "trainer", "pretrain", "explainer")}
+SUPPLIED = {"sampler": {"n_confounded": 10, "pool_size": 5}, "model": {"num_classes": 2}}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
-def test_every_group_option_composes_and_instantiates(group, option, data_root, tmp_path):
-    cfg = make_cfg([f"{group}={option}"], data_root, tmp_path)
-    kwargs = {"n_confounded": 10} if group == "sampler" else {}
-    obj = build(cfg, group, **kwargs)
+def test_every_group_option_composes_and_instantiates(group, option, data_root):
+    cfg = job_config([f"{group}={option}"], data_root)
+    obj = build(cfg, group, **SUPPLIED.get(group, {}))
     assert type(obj).__module__.startswith("xilsweep.")
 
 
-def tags(run_dir: Path) -> EventAccumulator:
-    ea = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
-    ea.Reload()
-    return ea
-
-
 def test_job_writes_tensorboard_tags_hparams_and_metrics_in_its_own_folder(data_root, tmp_path):
-    cfg = make_cfg(TINY, data_root, tmp_path)
+    cfg = job_config(TINY, data_root)
     out = tmp_path / "job"
     out.mkdir()
     objective = run_job(cfg, out)
@@ -54,7 +33,7 @@ def test_job_writes_tensorboard_tags_hparams_and_metrics_in_its_own_folder(data_
     assert metrics["confounded"]["train_accuracy"] > 0.9
     # events sit in the job folder itself: no timestamped sub-run from add_hparams
     assert [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")] == []
-    ea = tags(out)
+    ea = events(out)
     scalar_tags = set(ea.Tags()["scalars"])
     for tag in EPOCH_TAGS.values():
         assert tag in scalar_tags, tag
@@ -70,43 +49,42 @@ def test_job_writes_tensorboard_tags_hparams_and_metrics_in_its_own_folder(data_
 
 
 @pytest.mark.parametrize("override,message", [
-    ("loss.lam=-1", "loss.lam=-1 is not allowed: a number >= 0"),
+    ("loss.lam=-1", "loss.lam=-1.0 is not allowed: a number >= 0"),
     ("sampler.k=64", "sampler.k=64 is not allowed: an integer in [0, batch_size=64)"),
     ("sampler.k=-1", "sampler.k=-1"),
     ("pool.size=100000", "pool.size=100000 is not allowed: an integer from 0 to"),
-    ("trainer.lr=0", "trainer.lr=0 is not allowed: a number > 0"),
+    ("trainer.lr=0", "trainer.lr=0.0 is not allowed: a number > 0"),
     ("trainer.lr=-0.1", "trainer.lr=-0.1"),
     ("trainer.optimizer=lbfgs", "trainer.optimizer='lbfgs' is not allowed: one of adam, sgd"),
     ("data.root=/nonexistent", "data.root='/nonexistent' is not allowed: an existing directory"),
     ("data.confounder.positions=center", "data.confounder.positions"),
     ("model.pool=[true]", "model.pool"),
 ])
-def test_bad_settings_stop_before_any_work_with_one_clear_line(override, message, data_root, tmp_path):
-    cfg = make_cfg([*TINY, override], data_root, tmp_path)
+def test_bad_settings_stop_before_any_work_with_one_clear_line(override, message, data_root):
+    cfg = job_config([*TINY, override], data_root)
     with pytest.raises(ConfigError) as err:
-        prepare(cfg)
+        assemble(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_single_bad_run_exits_nonzero_with_the_message_and_writes_no_results(xilsweep_cli, data_root, tmp_path):
+def test_single_bad_run_exits_nonzero_with_the_message_and_writes_no_results(data_root, tmp_path):
     out = tmp_path / "bad"
-    result = xilsweep_cli([*TINY, f"data.root={data_root}", "loss.lam=-1", f"hydra.run.dir={out}"], tmp_path)
+    result = run_xilsweep([*TINY, f"data.root={data_root}", "loss.lam=-1", f"hydra.run.dir={out}"], tmp_path)
     assert result.returncode == 2
-    assert "loss.lam=-1 is not allowed: a number >= 0" in result.stdout + result.stderr
+    assert "loss.lam=-1.0 is not allowed: a number >= 0" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (out / "metrics.json").exists()
     assert not list(out.glob("events.out.tfevents.*"))
 
 
-def test_multirun_gives_one_folder_per_job_each_with_its_own_run(xilsweep_cli, data_root, tmp_path):
+def test_multirun_gives_one_folder_per_job_each_with_its_own_run(data_root, tmp_path):
     sweep = tmp_path / "sweep"
-    result = xilsweep_cli(["-m", *TINY, f"data.root={data_root}", "loss.lam=0.5,2",
-                           f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = run_sweep(["loss.lam=0.5,2"], sweep, data_root)
     assert result.returncode == 0, result.stderr[-2000:]
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    jobs = job_folders(sweep)
     assert [p.name for p in jobs] == ["0_lr0.001_lossbalanced_lambda0.5_pool10_seed0",
-                                      "1_lr0.001_lossbalanced_lambda2_pool10_seed0"]
-    for job, lam in zip(jobs, (0.5, 2.0)):
+                                      "1_lr0.001_lossbalanced_lambda2.0_pool10_seed0"]
+    for job, lam in zip(jobs, (0.5, 2.0), strict=True):
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["status"] == "done" and metrics["settings"]["lambda"] == lam
         assert len(list(job.glob("events.out.tfevents.*"))) == 1

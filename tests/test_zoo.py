@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.func import functional_call, grad
 
-from conftest import TINY
+from helpers import TINY
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.errors import SettingError
 from xilsweep.losses import (BaselineBalancedLoss, CDEPLoss, HINTLoss, RBRLoss, RRRGLoss, cdep_penalty,

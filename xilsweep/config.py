@@ -69,3 +69,6 @@ def register() -> None:
     for group, targets in GROUPS.items():
         for target in targets:
             store.store(group=group, name=target.__name__, node=schema(target))
+
+
+register()

@@ -8,17 +8,16 @@ are both caught. The file stays a plain ``torch.load``-able dict.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from xilsweep.errors import DataError
 
@@ -112,15 +111,10 @@ def checked_torch_load(path: Path, expect_meta):
     return payload
 
 
-@contextmanager
-def build_lock(path: Path):
-    """Hold an exclusive lock beside ``path`` while building it, so parallel
-    jobs wanting the same cached file build it once and the others wait."""
+def build_lock(path: Path) -> FileLock:
+    """An exclusive lock beside ``path``, held (``with build_lock(path):``) while
+    building it, so parallel jobs wanting the same cached file build it once and
+    the others wait, then read it."""
     lock_file = Path(path).with_name(Path(path).name + ".lock")
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(lock_file)

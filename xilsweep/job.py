@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import xilsweep
-from xilsweep.config import register
+import xilsweep.config  # noqa: F401 (registers the config schemas Hydra composes from)
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.data import XILData
 from xilsweep.errors import NonFiniteLossError, SettingError
@@ -38,7 +38,6 @@ from xilsweep.training import Trainer
 log = logging.getLogger("xilsweep")
 CHECKPOINT_FILE = "checkpoint.pth"
 REFERENCES = ("confounded", "oracle")
-register()
 
 
 class ConfigError(Exception):

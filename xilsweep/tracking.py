@@ -19,6 +19,7 @@ from xilsweep.reasons import REASON_TAGS, shortcut_removed_all, view_images
 log = logging.getLogger("xilsweep")
 
 METRICS_FILE = "metrics.json"
+GRID_PADDING = 2  # pixels of grey above and left of each image in a grid
 
 # metrics-dict name -> TensorBoard tag, as in the experiment guide
 EPOCH_TAGS = {
@@ -30,24 +31,6 @@ EPOCH_TAGS = {
     "val_accuracy": "Accuracy/val_epoch",
     "k": "Sampler/k",
 }
-
-
-def image_grid(x: torch.Tensor, n: int = 32, per_row: int = 8, padding: int = 2,
-               pad_value: float = 0.5) -> torch.Tensor:
-    """RGB grid [3, H, W] of the first ``n`` images (pixels already in [0, 1]),
-    laid out as torchvision's ``make_grid``, which is not used because importing
-    torchvision costs each job process about 1.8 s (see README, "Speed")."""
-    x = x[:n].detach().cpu().float().expand(-1, 3, -1, -1)  # grey images to RGB, as make_grid does
-    if len(x) == 1:
-        return x[0]
-    count, _, height, width = x.shape
-    cols = min(per_row, count)
-    rows = math.ceil(count / cols)
-    cells = torch.full((rows * cols, 3, height + padding, width + padding), pad_value)
-    cells[:count, :, padding:, padding:] = x  # each image with the padding above and left of it
-    grid = cells.view(rows, cols, 3, height + padding, width + padding).permute(2, 0, 3, 1, 4)
-    grid = grid.reshape(3, rows * (height + padding), cols * (width + padding))
-    return torch.nn.functional.pad(grid, (0, padding, 0, padding), value=pad_value)
 
 
 class RunRecorder:
@@ -74,9 +57,12 @@ class RunRecorder:
         self.writer.add_custom_scalars({"Reliance": {
             key: ["Multiline", [tag, f"Confounded/{key}", f"Oracle/{key}"]] for key, tag in tags.items()}})
 
-    def images(self, grids: dict[str, torch.Tensor], step: int = 0) -> None:
-        for tag, x in grids.items():
-            self.writer.add_image(tag, image_grid(x), step)
+    def images(self, batches: dict[str, torch.Tensor], step: int = 0, n: int = 32) -> None:
+        """The first ``n`` images (pixels in [0, 1]) of each batch as one grid,
+        eight per row, with grey lines between the images."""
+        for tag, x in batches.items():
+            cells = torch.nn.functional.pad(x[:n].detach().float(), (GRID_PADDING, 0, GRID_PADDING, 0), value=0.5)
+            self.writer.add_images(tag, cells, step)  # TensorBoard's own grid: no torchvision in the job
 
     def hparams(self, settings: dict, final_metrics: dict) -> None:
         """One hparams entry in this run (not the sub-run ``add_hparams`` makes)."""

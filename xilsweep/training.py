@@ -8,7 +8,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,11 +150,6 @@ def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampl
     return FitResult(best_epoch, best[0], epoch, history, stopped_early=epoch < max_epochs)
 
 
-# What Trainer.fit calls. The ensemble launcher (hydra/launcher=ensemble) sets it in the
-# jobs it runs, to train them together: a drop-in with fit_until_early_stopping's signature.
-fit_runner: ContextVar[Callable[..., FitResult]] = ContextVar("fit_runner", default=fit_until_early_stopping)
-
-
 class Trainer:
     """Optimisation settings: optimiser, learning rate, early stopping, device, threads."""
 
@@ -206,10 +200,11 @@ class Trainer:
     def fit(self, model, train: Split, pool: Split, val: Split, sampler, loss_fn, on_epoch=None,
             checkpoint: Path | None = None) -> FitResult:
         self.place(model)
-        return fit_runner.get()(
-            model, train.to(self.device), pool.to(self.device), val.to(self.device), sampler,
-            loss_fn.to(self.device), self.make_optimizer(model.parameters()), self.max_epochs,
-            self.patience, self.grad_clip, self.eval_batch_size, on_epoch, checkpoint, self.resume)
+        return fit_until_early_stopping(
+            model, train=train.to(self.device), pool=pool.to(self.device), val=val.to(self.device),
+            sampler=sampler, loss_fn=loss_fn.to(self.device), optimizer=self.make_optimizer(model.parameters()),
+            max_epochs=self.max_epochs, patience=self.patience, grad_clip=self.grad_clip,
+            eval_batch_size=self.eval_batch_size, on_epoch=on_epoch, checkpoint=checkpoint, resume=self.resume)
 
     def evaluate(self, model, split: Split) -> dict:
         return evaluate(self.place(model), split.to(self.device), self.eval_batch_size)

@@ -1,24 +1,53 @@
-"""``hydra/sweeper=xilsweep``: Hydra's basic (grid) sweeper, minus settings
-that a job's chosen config options do not have.
+"""``hydra/sweeper=xilsweep``: a grid sweeper (every combination of the listed
+values, in the order of Hydra's basic sweeper), minus settings that a job's
+chosen config options do not have.
 
 ``loss=balanced,imbalanced loss.lam=0.1,1,10`` gives three balanced jobs and
 one imbalanced job: the imbalanced loss has no ``lam``, so that override is
 dropped from its jobs and the copies that then coincide are run once. An
 override that no job's options have is kept, so a typo still fails loudly.
+
+Hydra has no public way to make an override conditional on a group choice
+(``++`` would add ``lam`` to the imbalanced loss, ``~`` fails on a missing
+key), so this is a sweeper of its own, built on Hydra's public plugin API.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
+from hydra.core.plugins import Plugins
+from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+
+def grid(overrides: Sequence[Override]) -> list[list[str]]:
+    """Every combination of the overrides' values as ``key=value`` lists, the last
+    override of a key winning at the place of its first, as Hydra's basic sweeper does."""
+    values: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(f"hydra/sweeper=xilsweep sweeps lists of values, not "
+                                 f"{override.value_type.name}: {override.input_line}")
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def has_key(cfg: DictConfig, path: str) -> bool:
@@ -54,7 +83,7 @@ def applicable_jobs(jobs: Sequence[Sequence[str]], overrides: Sequence[Override]
     missing_everywhere = set.intersection(*missing.values()) if missing else set()
 
     kept: dict[tuple, None] = {}
-    for job, choices in zip(jobs, choices_of_job):
+    for job, choices in zip(jobs, choices_of_job, strict=True):
         drop = missing[choices] - missing_everywhere
         kept.setdefault(tuple(e for e in job if key_of(e) not in drop))
     for choices, keys in missing.items():
@@ -66,17 +95,51 @@ def applicable_jobs(jobs: Sequence[Sequence[str]], overrides: Sequence[Override]
     return [list(job) for job in kept]
 
 
-class XilSweeper(BasicSweeper):
-    """The basic sweeper with ``applicable_jobs`` applied to its job list."""
+class XilSweeper(Sweeper):
+    """The grid of ``params`` and command-line overrides, ``applicable_jobs`` of
+    it launched in batches of ``max_batch_size`` jobs (all at once if null)."""
 
-    def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None):
+        super().__init__()
+        self.max_batch_size, self.params = max_batch_size, params or {}
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
+        self.launcher: Launcher | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def jobs(self, arguments: list[str]) -> list[list[str]]:
+        """The overrides of every job this sweep launches, in launch order."""
         assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
-        jobs = applicable_jobs(
-            BasicSweeper.split_arguments(overrides, None)[0], overrides,
-            is_group=lambda key: bool(loader.get_group_options(key)),
-            compose=lambda choices: loader.load_sweep_config(self.config, choices))
-        return list(BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides(
+            [*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        return applicable_jobs(grid(overrides), overrides,
+                               is_group=lambda key: bool(loader.get_group_options(key)),
+                               compose=lambda choices: loader.load_sweep_config(self.config, choices))
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None
+        jobs = self.jobs(arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        size = len(jobs) if self.max_batch_size in (None, -1) else self.max_batch_size
+        if size < 1:
+            raise HydraException(f"hydra.sweeper.max_batch_size={self.max_batch_size} is not allowed: "
+                                 f"null, -1 or an integer >= 1")
+        returns = []
+        for start in range(0, len(jobs), size):
+            batch = jobs[start:start + size]
+            self.validate_batch_is_legal(batch)  # composition errors before any job of the batch runs
+            results = self.launcher.launch(batch, initial_job_idx=start)
+            for result in results:
+                _ = result.return_value  # raises if the job failed, as Hydra's basic sweeper does
+            returns.append(results)
+        return returns
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""What many tests do: compose a config, run ``python -m xilsweep.run`` (a job
+or a sweep) in a subprocess, read a sweep's job folders and a job's
+TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import xilsweep.config  # noqa: F401 (registers the config schemas Hydra composes from)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# Tiny but real settings for jobs run from tests (conf/debug/tiny.yaml).
+TINY = ["debug=tiny"]
+
+
+def compose_config(overrides=(), hydra: bool = False) -> DictConfig:
+    """The config ``python -m xilsweep.run`` composes from ``overrides`` (with its
+    ``hydra`` node when ``hydra``)."""
+    with initialize_config_dir(config_dir=str(CONF)):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def job_config(overrides, data_root) -> DictConfig:
+    """A job's config as a running job sees it: the ``hydra`` node only through HydraConfig."""
+    cfg = compose_config([f"data.root={data_root}", *overrides], hydra=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def run_xilsweep(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "xilsweep.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_sweep(args: list[str], sweep_dir: Path, data_root, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m xilsweep.run -m`` on the tiny settings, its job folders in ``sweep_dir``."""
+    return run_xilsweep(["-m", *TINY, f"data.root={data_root}", *args, f"hydra.sweep.dir={sweep_dir}"],
+                        Path(sweep_dir).parent, timeout)
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """A sweep's job folders in job-number order."""
+    return sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()),
+                  key=lambda p: int(p.name.split("_")[0]))
+
+
+def job_metrics(sweep_dir: Path) -> list[dict]:
+    """The ``metrics.json`` of every job of a sweep, in job-number order."""
+    return [json.loads((p / "metrics.json").read_text()) for p in job_folders(sweep_dir)]
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    """Every scalar, image and tensor event of a job's TensorBoard run."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
