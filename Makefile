@@ -1,5 +1,5 @@
 # make run   - set up .venv on first use, then run the default correction job
-# make test  - set up .venv on first use, then run the test suite
+# make test  - set up .venv on first use, then lint (ruff) and run the test suite
 # make bench - set up .venv on first use, then run the speed benchmark
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup run lint test bench clean
 
 setup: $(STAMP)
 
@@ -20,11 +20,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m xilsweep.run $(ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/speed.py $(ARGS)
 
 clean:
-	rm -rf outputs data/08MNIST
+	rm -rf outputs data/08MNIST data/DecoyMNIST

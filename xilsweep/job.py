@@ -212,4 +212,13 @@ def assemble(cfg: DictConfig) -> Job:
     oracle_model, oracle = pretrain.oracle_model(data, fresh_model, model_settings, trainer)
     return Job(seed=cfg.seed, save_model=cfg.save_model, data=data, model=model, confounded=confounded,
                oracle_model=oracle_model, oracle=oracle, pool=pool, sampler=sampler, loss=loss, trainer=trainer,
-               explainer=explainer, config=OmegaConf.to_container(cfg, resolve=True))
+               explainer=explainer, config=resolved_settings(cfg))
+
+
+def resolved_settings(cfg: DictConfig) -> dict:
+    """The job's settings with every interpolation resolved; ``run_name`` (a
+    folder name read from Hydra's runtime) is left out, so a config composed
+    outside a Hydra run resolves too."""
+    settings = OmegaConf.to_container(cfg, resolve=False)
+    settings.pop("run_name", None)
+    return OmegaConf.to_container(OmegaConf.create(settings), resolve=True)

@@ -26,6 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from xilsweep.progress import PLANNED_FILE
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -69,29 +73,26 @@ class Job:
     reason: str
 
 
-def parse_value(text: str):
-    """An override's value as a number where it is one (``1e-4`` too), else the text."""
-    if text in ("null", "None"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def read_overrides(folder: Path, metrics: dict) -> dict:
-    """``key -> value`` of the job's Hydra overrides (``+key`` as ``key``; deletions skipped)."""
+    """``key -> value`` of the job's Hydra overrides, parsed by Hydra's own
+    override grammar; a setting's value is taken from the resolved config in
+    ``metrics.json`` where the job has one (deletions skipped)."""
     path = folder / ".hydra" / "overrides.yaml"
     lines = yaml.safe_load(path.read_text()) if path.exists() else metrics.get("overrides")
     if isinstance(lines, str):  # older metrics.json files hold the list as its text
         lines = ast.literal_eval(lines)
+    return parse_overrides(lines or [], metrics.get("config") or {})
+
+
+def parse_overrides(lines: list, config: dict) -> dict:
+    config = OmegaConf.create(config)
     overrides = {}
-    for line in lines or []:
-        key, _, value = str(line).partition("=")
-        if not key.startswith("~"):
-            overrides[key.lstrip("+")] = parse_value(value)
+    for override in OverridesParser.create().parse_overrides([str(line) for line in lines]):
+        if override.is_delete():
+            continue
+        key = override.key_or_group
+        value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+        overrides[key] = override.value() if value is None or OmegaConf.is_config(value) else value
     return overrides
 
 
@@ -150,12 +151,19 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
     folders = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
                and p.name != REPORT_DIR
                and any((p / name).exists() for name in (".hydra", "metrics.json", "run.log"))]
-    if not folders:
+    planned_file = sweep_dir / PLANNED_FILE
+    planned = OmegaConf.to_container(OmegaConf.load(planned_file).jobs) if planned_file.exists() else []
+    if not folders and not planned:
         hint = (" (it is a single job's folder; pass the sweep folder above it)"
                 if (sweep_dir / ".hydra").exists() else "")
         raise NotASweepError(f"{sweep_dir} is not a sweep folder: no job folders (with .hydra/, "
                              f"metrics.json or run.log) inside{hint}")
-    return [read_job(p) for p in sorted(folders, key=job_number)]
+    jobs = [read_job(p) for p in sorted(folders, key=job_number)]
+    started = {job_number(job.folder)[0] for job in jobs}
+    # planned by the sweeper but never started (an interrupted sweep)
+    jobs += [Job(sweep_dir / f"{job['num']}_not_started", parse_overrides(job["overrides"], {}), {},
+                 "not started", "") for job in planned if job["num"] not in started]
+    return sorted(jobs, key=lambda job: job_number(job.folder))
 
 
 def varied_keys(jobs: list[Job]) -> list[str]:
@@ -454,7 +462,7 @@ def answer_pool(summary, varied) -> str:
 
 def counts_line(table: pd.DataFrame) -> str:
     counts = table.status.value_counts()
-    order = ["done", "failed", "running"]
+    order = ["done", "failed", "running", "not started"]
     return f"{len(table)} jobs: " + ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
 
 
