@@ -245,6 +245,12 @@ def train_and_record(cfg: DictConfig, job: Job, out_dir: Path, name: str) -> dic
     return record
 
 
+def requeued_by_slurm() -> bool:
+    """Whether SLURM is starting this job again: requeued by submitit at its time
+    limit, preempted, or requeued with ``scontrol requeue``."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+
 def finished_objective(cfg: DictConfig, out_dir: Path) -> float | None:
     """The objective of a job already finished in ``out_dir``; re-running one
     by accident is refused, ``trainer.resume=true`` returns its result."""
@@ -288,6 +294,8 @@ def run_job(cfg: DictConfig, out_dir: Path) -> float:
 @hydra.main(config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if requeued_by_slurm():  # started again by SLURM: continue from the last epoch's checkpoint
+        cfg.trainer.resume = True
     try:
         return run_job(cfg, out_dir)
     except (ConfigError, DataError, NonFiniteLossError) as e:
