@@ -85,7 +85,7 @@ start() {
     install_packages
     local changed=false
     write_config && changed=true
-    if $changed && alive "$CTLD_PID"; then stop_daemons; fi
+    if $changed; then stop_slurm; fi  # restarted below with the new configuration
     if ! alive "$MUNGE_PID"; then
         mkdir -p /run/munge && chown munge:munge /run/munge
         runuser -u munge -- munged
@@ -101,20 +101,17 @@ start() {
     die "the node did not become idle within 30 s; see $LOGS/slurmctld.log and $LOGS/slurmd.log"
 }
 
-stop_daemons() {
-    local pidfile pid
-    for pidfile in "$SLURMD_PID" "$CTLD_PID"; do
-        alive "$pidfile" || continue
-        pid=$(cat "$pidfile")
-        kill "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    done
+stop_daemon() {  # by the pid in its pid file; waits until it has exited
+    alive "$1" || return 0
+    local pid
+    pid=$(cat "$1")
+    kill "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
 }
 
-stop() {
-    stop_daemons
-    if alive "$MUNGE_PID"; then kill "$(cat "$MUNGE_PID")"; fi
-}
+stop_slurm() { stop_daemon "$SLURMD_PID"; stop_daemon "$CTLD_PID"; }
+
+stop() { stop_slurm; stop_daemon "$MUNGE_PID"; }
 
 status() {
     alive "$CTLD_PID" && alive "$SLURMD_PID" && node_idle || die "not running"
