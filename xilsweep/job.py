@@ -54,6 +54,8 @@ def build(cfg: DictConfig, group: str, **supplied):
     except hydra.errors.InstantiationException as e:
         if isinstance(e.__cause__, SettingError):
             raise ConfigError(str(e.__cause__.in_group(group))) from None
+        if isinstance(e.__cause__, TypeError):
+            raise ConfigError(f"{group}: {e.__cause__}") from None
         raise
 
 

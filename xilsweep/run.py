@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -31,6 +32,12 @@ def run_name(lr, loss, lam, pool, seed) -> str:
 
 
 OmegaConf.register_resolver("xil_run_name", run_name, replace=True)
+
+
+def requeued_by_slurm() -> bool:
+    """Whether SLURM is starting this job again: requeued by submitit at its time
+    limit, preempted, or requeued with ``scontrol requeue``."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
 
 
 def finished_objective(cfg: DictConfig, out_dir: Path) -> float | None:
@@ -77,6 +84,8 @@ def run_job(cfg: DictConfig, out_dir: Path) -> float:
 @hydra.main(config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if requeued_by_slurm():  # started again by SLURM: continue from the last epoch's checkpoint
+        cfg.trainer.resume = True
     try:
         return run_job(cfg, out_dir)
     except (ConfigError, DataError, NonFiniteLossError) as e:
