@@ -15,9 +15,9 @@ import argparse
 import torch
 from hydra import compose, initialize_config_dir
 
-from xilsweep.reasons import TARGETS
 from xilsweep.config import CONF_DIR
 from xilsweep.job import assemble
+from xilsweep.reasons import TARGETS
 
 
 def main() -> None:
@@ -32,8 +32,15 @@ def main() -> None:
         for target in TARGETS:
             for seed in range(args.seeds):
                 with initialize_config_dir(config_dir=str(CONF_DIR)):
-                    cfg = compose("config", overrides=[f"data.root={args.root}", f"explainer={explainer}",
-                                                       f"explainer.target={target}", f"pretrain.seed={seed}"])
+                    cfg = compose(
+                        "config",
+                        overrides=[
+                            f"data.root={args.root}",
+                            f"explainer={explainer}",
+                            f"explainer.target={target}",
+                            f"pretrain.seed={seed}",
+                        ],
+                    )
                 job = assemble(cfg)
                 high = job.explainer.reasons(job.model, job.data, job.confounded_class)["attribution_in_mask"]
                 low = job.explainer.reasons(job.oracle_model, job.data, job.confounded_class)["attribution_in_mask"]

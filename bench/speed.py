@@ -62,13 +62,19 @@ EVAL_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 SWEEP_MODES = ("per_process", "parallel", "in_process")
 LAMBDAS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 TINY = ["debug=tiny"]  # conf/debug/tiny.yaml
-LAUNCHERS = {"parallel": ["hydra/launcher=parallel"],  # joblib: a worker process per core, one thread each
-             "in_process": []}  # Hydra's basic launcher
+LAUNCHERS = {
+    "parallel": ["hydra/launcher=parallel"],  # joblib: a worker process per core, one thread each
+    "in_process": [],
+}  # Hydra's basic launcher
 
 
 def job_overrides(args, model_name: str) -> list[str]:
-    return [f"model={model_name}", *MODEL_OVERRIDES.get(model_name, []), f"data.root={args.data_root}",
-            *args.job_overrides]
+    return [
+        f"model={model_name}",
+        *MODEL_OVERRIDES.get(model_name, []),
+        f"data.root={args.data_root}",
+        *args.job_overrides,
+    ]
 
 
 def config(overrides: list[str]):
@@ -89,7 +95,7 @@ def best_seconds(fn, *args, repeats: int = 1) -> float:
 def matmul_gflops(size: int) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)  # warm-up
-    return 2 * size ** 3 / best_seconds(torch.mm, a, b, repeats=3) / 1e9
+    return 2 * size**3 / best_seconds(torch.mm, a, b, repeats=3) / 1e9
 
 
 class PairDataset(Dataset):
@@ -146,9 +152,12 @@ class LoopCase:
         self.other = "contiguous" if self.trainer.memory_format == torch.channels_last else "channels_last"
         # xilsweep's loop; the same with the other memory format or torch's default optimiser
         # implementation; the plain reference (channels-first model, default optimiser, DataLoader)
-        self.loops = {"xilsweep": self.fresh(), f"xilsweep_{self.other}": self.fresh(FORMATS[self.other]),
-                      "xilsweep_plain_optimizer": self.fresh(plain_optimizer=True),
-                      "reference": self.fresh(torch.contiguous_format, plain_optimizer=True)}
+        self.loops = {
+            "xilsweep": self.fresh(),
+            f"xilsweep_{self.other}": self.fresh(FORMATS[self.other]),
+            "xilsweep_plain_optimizer": self.fresh(plain_optimizer=True),
+            "reference": self.fresh(torch.contiguous_format, plain_optimizer=True),
+        }
         for model, optimizer in self.loops.values():  # first calls build kernels and caches: not timed
             train_one_epoch(model, self.merged, self.sampler.batches(0)[:2], self.sampler.k, self.loss_fn, optimizer)
             evaluate(model, self.data.val)
@@ -167,8 +176,9 @@ class LoopCase:
         """Samples/s of one epoch of every variant and of evaluation per batch size."""
         batches, k = self.sampler.batches(epoch), self.sampler.k
         n_samples = sum(len(b) for b in batches)
-        loader = DataLoader(PairDataset(self.merged.x, self.merged.targets),
-                            batch_sampler=[b.tolist() for b in batches])
+        loader = DataLoader(
+            PairDataset(self.merged.x, self.merged.targets), batch_sampler=[b.tolist() for b in batches]
+        )
         rates = {}
         for name, (model, optimizer) in self.loops.items():
             if name == "reference":
@@ -188,15 +198,23 @@ class LoopCase:
         train_gflops = best["xilsweep"] * self.train_flops / 1e9
         eval_gflops = best[f"eval_{eval_size}"] * self.forward_flops / 1e9
         return {
-            "threads": threads, "model": self.name, "memory_format": FORMAT_NAMES[self.trainer.memory_format],
-            "forward_mflop_per_sample": self.forward_flops / 1e6, "train_mflop_per_sample": self.train_flops / 1e6,
-            "ceiling_gflops": ceiling, "ceiling_gflops_all": ceilings,
-            "samples_per_s": best, "samples_per_s_all": rates,
+            "threads": threads,
+            "model": self.name,
+            "memory_format": FORMAT_NAMES[self.trainer.memory_format],
+            "forward_mflop_per_sample": self.forward_flops / 1e6,
+            "train_mflop_per_sample": self.train_flops / 1e6,
+            "ceiling_gflops": ceiling,
+            "ceiling_gflops_all": ceilings,
+            "samples_per_s": best,
+            "samples_per_s_all": rates,
             "loop_vs_reference": best["xilsweep"] / best["reference"],
-            "loop_vs_other_format": best["xilsweep"] / best[f"xilsweep_{self.other}"], "other_format": self.other,
+            "loop_vs_other_format": best["xilsweep"] / best[f"xilsweep_{self.other}"],
+            "other_format": self.other,
             "loop_vs_plain_optimizer": best["xilsweep"] / best["xilsweep_plain_optimizer"],
-            "train_gflops": train_gflops, "train_percent_of_ceiling": 100 * train_gflops / ceiling,
-            "eval_batch_size_best": eval_size, "eval_gflops": eval_gflops,
+            "train_gflops": train_gflops,
+            "train_percent_of_ceiling": 100 * train_gflops / ceiling,
+            "eval_batch_size_best": eval_size,
+            "eval_gflops": eval_gflops,
             "eval_percent_of_ceiling": 100 * eval_gflops / ceiling,
         }
 
@@ -216,12 +234,18 @@ def loop_section(args) -> list[dict]:
                 for name, rate in case.measure(epoch).items():
                     rates[threads, case.name][name].append(rate)
         print(f"  loop: round {epoch + 1}/{args.repeats} done", flush=True)
-    results = [case.summary(threads, dict(rates[threads, case.name]), ceilings[threads])
-               for threads in args.threads for case in cases]
+    results = [
+        case.summary(threads, dict(rates[threads, case.name]), ceilings[threads])
+        for threads in args.threads
+        for case in cases
+    ]
     for r in results:
-        print(f"  loop: {r['threads']} thread(s), {r['model']}: {r['samples_per_s']['xilsweep']:.0f} samples/s, "
-              f"{r['loop_vs_reference']:.2f}x reference, {r['train_percent_of_ceiling']:.0f}% of "
-              f"{r['ceiling_gflops']:.0f} GFLOP/s", flush=True)
+        print(
+            f"  loop: {r['threads']} thread(s), {r['model']}: {r['samples_per_s']['xilsweep']:.0f} samples/s, "
+            f"{r['loop_vs_reference']:.2f}x reference, {r['train_percent_of_ceiling']:.0f}% of "
+            f"{r['ceiling_gflops']:.0f} GFLOP/s",
+            flush=True,
+        )
     return results
 
 
@@ -238,12 +262,17 @@ def compile_section(args) -> dict:
     result = {"threads": torch.get_num_threads()}
     for name, model in (("eager", eager), ("compiled", compiled)):
         optimizer = trainer.make_optimizer(model.parameters())
-        epochs = [best_seconds(train_one_epoch, model, merged, sampler.batches(e), sampler.k, loss_fn, optimizer)
-                  for e in range(1 + args.repeats)]
+        epochs = [
+            best_seconds(train_one_epoch, model, merged, sampler.batches(e), sampler.k, loss_fn, optimizer)
+            for e in range(1 + args.repeats)
+        ]
         result[name] = {"first_epoch_seconds": epochs[0], "epoch_seconds": min(epochs[1:])}
     result["steady_speedup"] = result["eager"]["epoch_seconds"] / result["compiled"]["epoch_seconds"]
-    print(f"  torch.compile: first epoch {result['compiled']['first_epoch_seconds']:.1f} s, "
-          f"steady {result['steady_speedup']:.2f}x eager", flush=True)
+    print(
+        f"  torch.compile: first epoch {result['compiled']['first_epoch_seconds']:.1f} s, "
+        f"steady {result['steady_speedup']:.2f}x eager",
+        flush=True,
+    )
     return result
 
 
@@ -280,8 +309,13 @@ def run_measured(command: list[str], cwd: Path, env: dict) -> tuple[float, float
         rss_file, log_file = Path(scratch) / "rss", Path(scratch) / "output"
         with open(log_file, "w") as output:
             began = time.perf_counter()
-            status = subprocess.run([sys.executable, "-c", RSS_PROBE, str(rss_file), *command], cwd=cwd, env=env,
-                                    stdout=output, stderr=subprocess.STDOUT).returncode
+            status = subprocess.run(
+                [sys.executable, "-c", RSS_PROBE, str(rss_file), *command],
+                cwd=cwd,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            ).returncode
             seconds = time.perf_counter() - began
         return seconds, int(rss_file.read_text()) / 1024, status, log_file.read_text()[-3000:]
 
@@ -307,20 +341,30 @@ def run_sweep(mode: str, grid, common: list[str], folder: Path, env: dict) -> di
         wall, peak, failures = 0.0, 0.0, 0
         for i, job in enumerate(jobs):
             seconds, rss, status, tail = run_measured(
-                xilsweep_command(*common, *job, f"hydra.run.dir={folder / str(i)}"), cwd, env)
+                xilsweep_command(*common, *job, f"hydra.run.dir={folder / str(i)}"), cwd, env
+            )
             wall, peak, failures = wall + seconds, max(peak, rss), failures + (status != 0)
             if status:
                 print(tail, file=sys.stderr)
     else:
         wall, peak, status, tail = run_measured(
             xilsweep_command("-m", *LAUNCHERS[mode], *common, *sweep_arguments(grid), f"hydra.sweep.dir={folder}"),
-            cwd, env)
+            cwd,
+            env,
+        )
         failures = status != 0
         if status:
             print(tail, file=sys.stderr)
     done = finished_jobs(folder)
-    return {"mode": mode, "jobs": len(jobs), "done": done, "seconds": wall, "jobs_per_hour": 3600 * len(jobs) / wall,
-            "peak_rss_mb": peak, "failed_commands": int(failures)}
+    return {
+        "mode": mode,
+        "jobs": len(jobs),
+        "done": done,
+        "seconds": wall,
+        "jobs_per_hour": 3600 * len(jobs) / wall,
+        "peak_rss_mb": peak,
+        "failed_commands": int(failures),
+    }
 
 
 def sweep_section(args, env: dict) -> list[dict]:
@@ -333,12 +377,16 @@ def sweep_section(args, env: dict) -> list[dict]:
         by_mode = {}
         for mode in args.modes:
             by_mode[mode] = run_sweep(mode, grid, common, args.work_dir / model_name / mode, env)
-            print(f"  sweep: {model_name}, {mode}: {by_mode[mode]['seconds']:.1f} s for {by_mode[mode]['jobs']} jobs "
-                  f"({by_mode[mode]['jobs_per_hour']:.0f} jobs/hour)", flush=True)
+            print(
+                f"  sweep: {model_name}, {mode}: {by_mode[mode]['seconds']:.1f} s for {by_mode[mode]['jobs']} jobs "
+                f"({by_mode[mode]['jobs_per_hour']:.0f} jobs/hour)",
+                flush=True,
+            )
         base = by_mode.get("per_process")
         for result in by_mode.values():
-            result.update(model=model_name, vs_per_process=result["jobs_per_hour"] / base["jobs_per_hour"]
-                          if base else None)
+            result.update(
+                model=model_name, vs_per_process=result["jobs_per_hour"] / base["jobs_per_hour"] if base else None
+            )
             results.append(result)
     return results
 
@@ -347,8 +395,7 @@ def full_sweep_section(args, env: dict, sweeps: list[dict]) -> dict:
     """A ~100-job sweep of the default model, run for real in the mode that gave the
     most jobs/hour in the small sweeps (``--full-sweep-mode`` to choose)."""
     measured = [s for s in sweeps if s["model"] == "cnn" and s["done"] == s["jobs"]]
-    mode = args.full_sweep_mode or (max(measured, key=lambda s: s["jobs_per_hour"])["mode"] if measured
-                                    else "parallel")
+    mode = args.full_sweep_mode or (max(measured, key=lambda s: s["jobs_per_hour"])["mode"] if measured else "parallel")
     grid = sweep_grid(args.full_sweep_jobs)
     result = run_sweep(mode, grid, job_overrides(args, "cnn"), args.work_dir / "full_sweep", env)
     result["arguments"] = sweep_arguments(grid)
@@ -363,31 +410,43 @@ def targets(report: dict) -> list[str]:
     default = [r for (model, _), r in loops.items() if model == "cnn"]
     if default:
         best = max(default, key=lambda r: r["loop_vs_reference"])
-        lines.append(f"training loop vs plain reference, default model: {best['loop_vs_reference']:.2f}x "
-                     f"({best['threads']} thread(s); target >= 1.3x)")
+        lines.append(
+            f"training loop vs plain reference, default model: {best['loop_vs_reference']:.2f}x "
+            f"({best['threads']} thread(s); target >= 1.3x)"
+        )
     examples = [r for (model, _), r in loops.items() if model == "cnn_examples"]
     if examples:
         best = max(examples, key=lambda r: r["train_percent_of_ceiling"])
-        lines.append(f"conv32-conv64 CNN training: {best['train_percent_of_ceiling']:.0f}% of the matrix-product "
-                     f"ceiling ({best['threads']} thread(s); target >= 60%)")
+        lines.append(
+            f"conv32-conv64 CNN training: {best['train_percent_of_ceiling']:.0f}% of the matrix-product "
+            f"ceiling ({best['threads']} thread(s); target >= 60%)"
+        )
     if report.get("full_sweep"):
         r = report["full_sweep"]
-        lines.append(f"{r['jobs']}-job sweep of the default model: {r['seconds'] / 60:.1f} min with {r['mode']} "
-                     f"(target < 10 min)")
+        lines.append(
+            f"{r['jobs']}-job sweep of the default model: {r['seconds'] / 60:.1f} min with {r['mode']} "
+            f"(target < 10 min)"
+        )
     return lines
 
 
 def table(report: dict) -> str:
     machine = report["machine"]
-    lines = [f"xilsweep speed benchmark: {machine['cpus']} CPUs, torch {machine['torch']}, "
-             f"load average {machine['load_before']:.1f} before, {machine['load_after']:.1f} after"]
+    lines = [
+        f"xilsweep speed benchmark: {machine['cpus']} CPUs, torch {machine['torch']}, "
+        f"load average {machine['load_before']:.1f} before, {machine['load_after']:.1f} after"
+    ]
     if report.get("loop"):
-        lines += ["", "Training loop: samples/s (best of the repeats), GFLOP/s against the torch.mm ceiling "
-                      "measured in the same rounds", "",
-                  "| threads | model | xilsweep loop | plain reference | ratio | vs other memory format "
-                  "| vs unfused optimiser | train GFLOP/s | % ceiling "
-                  "| eval GFLOP/s (batch) | % ceiling | ceiling GFLOP/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Training loop: samples/s (best of the repeats), GFLOP/s against the torch.mm ceiling "
+            "measured in the same rounds",
+            "",
+            "| threads | model | xilsweep loop | plain reference | ratio | vs other memory format "
+            "| vs unfused optimiser | train GFLOP/s | % ceiling "
+            "| eval GFLOP/s (batch) | % ceiling | ceiling GFLOP/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in report["loop"]:
             s = r["samples_per_s"]
             lines.append(
@@ -396,32 +455,52 @@ def table(report: dict) -> str:
                 f"| {r['loop_vs_plain_optimizer']:.2f}x "
                 f"| {r['train_gflops']:.1f} "
                 f"| {r['train_percent_of_ceiling']:.0f}% | {r['eval_gflops']:.1f} ({r['eval_batch_size_best']}) "
-                f"| {r['eval_percent_of_ceiling']:.0f}% | {r['ceiling_gflops']:.0f} |")
-        lines += ["", "Evaluation: samples/s by batch size", "",
-                  "| threads | model | " + " | ".join(map(str, EVAL_BATCH_SIZES)) + " |",
-                  "|---|---|" + "---|" * len(EVAL_BATCH_SIZES)]
+                f"| {r['eval_percent_of_ceiling']:.0f}% | {r['ceiling_gflops']:.0f} |"
+            )
+        lines += [
+            "",
+            "Evaluation: samples/s by batch size",
+            "",
+            "| threads | model | " + " | ".join(map(str, EVAL_BATCH_SIZES)) + " |",
+            "|---|---|" + "---|" * len(EVAL_BATCH_SIZES),
+        ]
         for r in report["loop"]:
-            lines.append(f"| {r['threads']} | {r['model']} | "
-                         + " | ".join(f"{r['samples_per_s'][f'eval_{b}']:.0f}" for b in EVAL_BATCH_SIZES) + " |")
+            lines.append(
+                f"| {r['threads']} | {r['model']} | "
+                + " | ".join(f"{r['samples_per_s'][f'eval_{b}']:.0f}" for b in EVAL_BATCH_SIZES)
+                + " |"
+            )
     if report.get("compile"):
         r = report["compile"]
-        lines += ["", f"torch.compile, default model, {r['threads']} thread(s): first epoch (compiling) "
-                      f"{r['compiled']['first_epoch_seconds']:.1f} s, then {r['compiled']['epoch_seconds']:.2f} "
-                      f"s/epoch against eager {r['eager']['epoch_seconds']:.2f} s/epoch "
-                      f"({r['steady_speedup']:.2f}x)"]
+        lines += [
+            "",
+            f"torch.compile, default model, {r['threads']} thread(s): first epoch (compiling) "
+            f"{r['compiled']['first_epoch_seconds']:.1f} s, then {r['compiled']['epoch_seconds']:.2f} "
+            f"s/epoch against eager {r['eager']['epoch_seconds']:.2f} s/epoch "
+            f"({r['steady_speedup']:.2f}x)",
+        ]
     if report.get("sweeps"):
-        lines += ["", "Sweeps: wall time, jobs/hour, peak RSS of the largest process", "",
-                  "| model | mode | jobs done | seconds | jobs/hour | x one job per process | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Sweeps: wall time, jobs/hour, peak RSS of the largest process",
+            "",
+            "| model | mode | jobs done | seconds | jobs/hour | x one job per process | peak RSS MB |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in report["sweeps"]:
             ratio = f"{r['vs_per_process']:.2f}x" if r["vs_per_process"] else "-"
-            lines.append(f"| {r['model']} | {r['mode']} | {r['done']}/{r['jobs']} | {r['seconds']:.1f} "
-                         f"| {r['jobs_per_hour']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} |")
+            lines.append(
+                f"| {r['model']} | {r['mode']} | {r['done']}/{r['jobs']} | {r['seconds']:.1f} "
+                f"| {r['jobs_per_hour']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} |"
+            )
     if report.get("full_sweep"):
         r = report["full_sweep"]
-        lines += ["", f"{r['jobs']}-job lambda_search-style sweep of the default model ({r['mode']}, "
-                      f"{' '.join(r['arguments'])}): {r['done']}/{r['jobs']} done in {r['seconds']:.0f} s "
-                      f"({r['seconds'] / 60:.1f} min)"]
+        lines += [
+            "",
+            f"{r['jobs']}-job lambda_search-style sweep of the default model ({r['mode']}, "
+            f"{' '.join(r['arguments'])}): {r['done']}/{r['jobs']} done in {r['seconds']:.0f} s "
+            f"({r['seconds'] / 60:.1f} min)",
+        ]
     if targets(report):
         lines += ["", "Targets:", *(f"- {line}" for line in targets(report))]
     return "\n".join(lines)
@@ -431,8 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.json")
     parser.add_argument("--tiny", action="store_true", help="a quick check on a 300-image subset (for tests)")
-    parser.add_argument("--sections", default="loop,compile,sweeps,full",
-                        help="comma-separated: loop, compile, sweeps, full")
+    parser.add_argument(
+        "--sections", default="loop,compile,sweeps,full", help="comma-separated: loop, compile, sweeps, full"
+    )
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count()}))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--repeats", type=int, default=4, help="rounds of the loop measurements")
@@ -441,8 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(SWEEP_MODES), choices=SWEEP_MODES)
     parser.add_argument("--sweep-jobs", type=int, default=8)
     parser.add_argument("--full-sweep-jobs", type=int, default=100)
-    parser.add_argument("--full-sweep-mode", choices=SWEEP_MODES,
-                        help="default: the mode with the most jobs/hour in the sweeps section")
+    parser.add_argument(
+        "--full-sweep-mode", choices=SWEEP_MODES, help="default: the mode with the most jobs/hour in the sweeps section"
+    )
     parser.add_argument("--data-root", type=Path, default=REPO / "data")
     parser.add_argument("--work-dir", type=Path, default=None, help="job folders (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -452,9 +533,15 @@ def main(argv: list[str] | None = None) -> int:
         args.sweep_models, args.sweep_jobs, args.full_sweep_jobs = ["cnn"], 2, 2
     sections = set(args.sections.split(","))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                          "load_before": os.getloadavg()[0]},
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "load_before": os.getloadavg()[0],
+        },
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
     with tempfile.TemporaryDirectory(prefix="xilsweep-bench-") as scratch:
         args.work_dir = args.work_dir or Path(scratch)
         if "loop" in sections:

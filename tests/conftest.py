@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, TINY, run_xilsweep  # noqa: F401 (TINY: still imported from here by test_methods.py)
+from helpers import REPO, run_xilsweep
 from xilsweep.data import ConfoundedMNIST08
 
 
@@ -22,8 +22,7 @@ def _threads():
 def data_root(tmp_path_factory) -> Path:
     """A data root holding only the bundled .gz files, so tests never touch data/."""
     root = tmp_path_factory.mktemp("data")
-    shutil.copytree(REPO / "data" / "MNIST" / "raw", root / "MNIST" / "raw",
-                    ignore=shutil.ignore_patterns("*-ubyte"))
+    shutil.copytree(REPO / "data" / "MNIST" / "raw", root / "MNIST" / "raw", ignore=shutil.ignore_patterns("*-ubyte"))
     return root
 
 

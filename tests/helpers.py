@@ -42,20 +42,24 @@ def job_config(overrides, data_root) -> DictConfig:
 
 def run_xilsweep(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "xilsweep.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "xilsweep.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_sweep(args: list[str], sweep_dir: Path, data_root, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m xilsweep.run -m`` on the tiny settings, its job folders in ``sweep_dir``."""
-    return run_xilsweep(["-m", *TINY, f"data.root={data_root}", *args, f"hydra.sweep.dir={sweep_dir}"],
-                        Path(sweep_dir).parent, timeout)
+    return run_xilsweep(
+        ["-m", *TINY, f"data.root={data_root}", *args, f"hydra.sweep.dir={sweep_dir}"], Path(sweep_dir).parent, timeout
+    )
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
     """A sweep's job folders in job-number order."""
-    return sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()),
-                  key=lambda p: int(p.name.split("_")[0]))
+    return sorted(
+        (p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()),
+        key=lambda p: int(p.name.split("_")[0]),
+    )
 
 
 def job_metrics(sweep_dir: Path) -> list[dict]:

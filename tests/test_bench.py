@@ -12,16 +12,28 @@ from helpers import REPO
 def test_benchmark_runs_and_writes_its_json(data_root, tmp_path):
     out = tmp_path / "speed.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "speed.py"), "--tiny", f"--data-root={data_root}", f"--out={out}",
-         "--sections=loop,sweeps", "--modes=in_process", f"--work-dir={tmp_path / 'jobs'}"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(REPO / "bench" / "speed.py"),
+            "--tiny",
+            f"--data-root={data_root}",
+            f"--out={out}",
+            "--sections=loop,sweeps",
+            "--modes=in_process",
+            f"--work-dir={tmp_path / 'jobs'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     (loop,) = report["loop"]
     assert loop["model"] == "cnn" and loop["threads"] == 1
     assert loop["samples_per_s"]["xilsweep"] > 0 and loop["samples_per_s"]["reference"] > 0
-    assert loop["loop_vs_reference"] == pytest.approx(loop["samples_per_s"]["xilsweep"]
-                                                      / loop["samples_per_s"]["reference"])
+    assert loop["loop_vs_reference"] == pytest.approx(
+        loop["samples_per_s"]["xilsweep"] / loop["samples_per_s"]["reference"]
+    )
     assert 0 < loop["train_percent_of_ceiling"] and loop["train_mflop_per_sample"] > loop["forward_mflop_per_sample"]
     (sweep,) = report["sweeps"]
     assert sweep["mode"] == "in_process" and sweep["done"] == sweep["jobs"] == 2

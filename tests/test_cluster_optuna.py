@@ -17,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 from hydra_plugins.xilsweep_cluster.optuna_sweeper import open_storage
 
 POSTGRES_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -47,8 +47,17 @@ def postgres():
     started = None
     try:
         pg("initdb", "-D", str(data), "-U", "xil", "--auth=trust")
-        started = pg("pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "start",
-                     "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+        started = pg(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "server.log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+        )
         if started.returncode != 0:
             pytest.skip(f"PostgreSQL did not start: {started.stderr.strip()[-300:]}")
         pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "xil", "optuna")
@@ -61,12 +70,26 @@ def postgres():
 
 def worker(storage: str, sweep: Path, data_root: Path, n_trials: int, *extra: str) -> subprocess.Popen:
     """One sweeper process adding ``n_trials`` trials, one at a time, to the shared study."""
-    args = ["-m", *FAST, f"data.root={data_root}", "hparams_search=lambda_optuna",
-            f"hydra.sweeper.storage={storage}", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1",
-            f"hydra.sweep.dir={sweep}", *extra]
+    args = [
+        "-m",
+        *FAST,
+        f"data.root={data_root}",
+        "hparams_search=lambda_optuna",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweep.dir={sweep}",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen([sys.executable, "-m", "xilsweep.run", *args], cwd=sweep.parent, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "xilsweep.run", *args],
+        cwd=sweep.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> None:
@@ -111,6 +134,7 @@ def test_workers_started_together_on_an_empty_postgres_share_one_study(postgres,
 
 def test_a_killed_workers_running_trial_is_failed_by_the_next_worker(postgres):
     """A worker's heartbeats stop when it dies; the next trial asked for fails its stale trial."""
+
     def storage():
         return open_storage(postgres, heartbeat_interval=1, grace_period=2)
 
@@ -139,9 +163,14 @@ def test_workers_share_a_study_through_a_journal_file(data_root, tmp_path):
     finally:
         for process in workers:
             process.kill()
-    study = optuna.load_study(study_name=STUDY, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))))
+    study = optuna.load_study(
+        study_name=STUDY,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
+        ),
+    )
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert {best_reported(tmp_path / name)["best_value"] for name in ("first", "second")} <= {
-        t.value for t in study.trials}
+        t.value for t in study.trials
+    }

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from xilsweep.data import CONFOUNDED_CLASS, Confounder, ConfoundedMNIST08, Split
+from xilsweep.data import CONFOUNDED_CLASS, ConfoundedMNIST08, Confounder, Split
 from xilsweep.files import atomic_torch_save, read_checked
 
 
@@ -90,8 +90,10 @@ def test_failed_download_is_one_clear_error(monkeypatch, tmp_path):
 
     class Offline:
         def __init__(self, *args, **kwargs):
-            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\n"
-                               "<urlopen error [Errno -2] Name or service not known>")
+            raise RuntimeError(
+                "Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\n"
+                "<urlopen error [Errno -2] Name or service not known>"
+            )
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     with pytest.raises(DataError) as err:

@@ -69,18 +69,21 @@ def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
 
 
 def test_a_setting_that_no_job_has_stops_the_sweep_before_any_job_runs(data_root, tmp_path):
-    result, out = fast_sweep(tmp_path, data_root, ["hydra/sweeper=xilsweep", "loss=balanced,imbalanced",
-                                                   "loss.lamda=3"], "typo")
+    result, out = fast_sweep(
+        tmp_path, data_root, ["hydra/sweeper=xilsweep", "loss=balanced,imbalanced", "loss.lamda=3"], "typo"
+    )
     assert result.returncode == 1 and "Could not override 'loss.lamda'" in result.stderr, result.stderr[-2000:]
     assert not (out.exists() and job_folders(out))
 
 
-@pytest.mark.parametrize("launcher,target", [("parallel", "JoblibLauncher"), ("local", "LocalLauncher"),
-                                             ("slurm", "SlurmLauncher")])
+@pytest.mark.parametrize(
+    "launcher,target", [("parallel", "JoblibLauncher"), ("local", "LocalLauncher"), ("slurm", "SlurmLauncher")]
+)
 def test_launcher_presets_give_one_torch_thread_per_cpu(launcher, target):
     submitit = launcher != "parallel"
-    cfg = compose_config([f"hydra/launcher={launcher}", *(["hydra.launcher.cpus_per_task=3"] if submitit else [])],
-                         hydra=True)
+    cfg = compose_config(
+        [f"hydra/launcher={launcher}", *(["hydra.launcher.cpus_per_task=3"] if submitit else [])], hydra=True
+    )
     assert cfg.hydra.launcher._target_.endswith(target)
     if submitit:  # OMP_NUM_THREADS follows the job's CPUs; trainer.num_threads=null follows it
         assert cfg.hydra.job.env_set.OMP_NUM_THREADS == "3"
@@ -89,9 +92,19 @@ def test_launcher_presets_give_one_torch_thread_per_cpu(launcher, target):
 
 
 def test_overfit_test_fits_100_samples(data_root, tmp_path):
-    result, out = fast_sweep(tmp_path, data_root,
-                             ["experiment=overfit_test", "data.n_train=100", "pool.size=20",
-                              "trainer.max_epochs=10", "trainer.patience=10", "seed=0"], "overfit")
+    result, out = fast_sweep(
+        tmp_path,
+        data_root,
+        [
+            "experiment=overfit_test",
+            "data.n_train=100",
+            "pool.size=20",
+            "trainer.max_epochs=10",
+            "trainer.patience=10",
+            "seed=0",
+        ],
+        "overfit",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     [metrics] = job_metrics(out)
     trained = metrics["history"][1:]
@@ -104,10 +117,20 @@ def test_overfit_test_fits_100_samples(data_root, tmp_path):
 
 
 def test_lambda_search_on_the_submitit_local_launcher_in_batches_of_one(data_root, tmp_path):
-    result, out = fast_sweep(tmp_path, data_root,
-                             ["experiment=lambda_search", "best_lr=0.005", "loss.lam=0.5,2", "seed=0",
-                              "hydra/launcher=local", "trainer.num_threads=null", "hydra.sweeper.max_batch_size=1"],
-                             "lambda")
+    result, out = fast_sweep(
+        tmp_path,
+        data_root,
+        [
+            "experiment=lambda_search",
+            "best_lr=0.005",
+            "loss.lam=0.5,2",
+            "seed=0",
+            "hydra/launcher=local",
+            "trainer.num_threads=null",
+            "hydra.sweeper.max_batch_size=1",
+        ],
+        "lambda",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert [p.name.split("_")[0] for p in job_folders(out)] == ["0", "1"]  # numbered on across batches
     runs = job_metrics(out)
@@ -126,9 +149,12 @@ def test_optuna_study_resumes_from_sqlite_and_records_failed_trials(data_root, t
     assert trial.state == optuna.trial.TrialState.COMPLETE and 0.01 <= trial.params["loss.lam"] <= 100
     assert trial.value == job_metrics(first)[0]["best_val_accuracy"]
     # A second call adds trials to the same study; here each one fails (NaN loss) and the study goes on.
-    result, second = fast_sweep(tmp_path, data_root,
-                                [*optuna_args, "hydra.sweeper.n_trials=2", "trainer.optimizer=sgd", "trainer.lr=1e12"],
-                                "optuna2")
+    result, second = fast_sweep(
+        tmp_path,
+        data_root,
+        [*optuna_args, "hydra.sweeper.n_trials=2", "trainer.optimizer=sgd", "trainer.lr=1e12"],
+        "optuna2",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     study = optuna.load_study(study_name="xil_lambda", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.FAIL] * 2

@@ -13,6 +13,7 @@ from helpers import TINY, events, job_config, run_xilsweep
 from xilsweep.data import CONFOUNDED_CLASS, ConfoundedMNIST08, Split
 from xilsweep.errors import SettingError
 from xilsweep.explain import main as explain_main
+from xilsweep.job import ConfigError, assemble, build
 from xilsweep.models import MLP, ConvNet
 from xilsweep.reasons import (
     REASON_TAGS,
@@ -24,7 +25,6 @@ from xilsweep.reasons import (
     overlay,
     wrong_reason_score,
 )
-from xilsweep.job import ConfigError, assemble, build
 from xilsweep.training import Trainer, train_confounded
 
 # Three 2x2 maps, flattened row by row: a map with structure, an all-zero map, and one with an offset.
@@ -122,7 +122,7 @@ def test_explanations_are_batched_maps_of_the_input_size(data, confounded_and_cl
         maps = explainer.attribute(model, x)
         assert maps.shape == x.shape and (maps >= 0).all() and maps.flatten(1).amax(1).gt(0).all()
     # the batch gives the same maps as the images one by one
-    single = torch.cat([GradCAM().attribute(model, x[i:i + 1]) for i in range(len(x))])
+    single = torch.cat([GradCAM().attribute(model, x[i : i + 1]) for i in range(len(x))])
     assert torch.allclose(GradCAM().attribute(model, x), single, atol=1e-5)
 
 
@@ -136,11 +136,14 @@ def test_gradcam_needs_a_convolution_and_input_gradients_explain_any_model(data,
     build(cfg, "explainer").check(build(cfg, "model"))
 
 
-@pytest.mark.parametrize("override,message", [
-    ("explainer.threshold=2", "explainer.threshold=2 is not allowed: mean"),
-    ("explainer.threshold=median", "explainer.threshold='median' is not allowed"),
-    ("explainer.n_images=0", "explainer.n_images=0 is not allowed: null (all) or an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("explainer.threshold=2", "explainer.threshold=2 is not allowed: mean"),
+        ("explainer.threshold=median", "explainer.threshold='median' is not allowed"),
+        ("explainer.n_images=0", "explainer.n_images=0 is not allowed: null (all) or an integer >= 1"),
+    ],
+)
 def test_bad_explainer_settings_stop_the_job_with_one_clear_line(override, message, data_root):
     with pytest.raises(ConfigError) as err:
         assemble(job_config([*TINY, override], data_root))
@@ -193,8 +196,7 @@ def test_explain_command_writes_the_views_of_the_corrected_and_the_confounded_mo
     assert confounded.shape[1:] == (4 * 32, 4 * 242)  # one row of 8, enlarged 4x (the default)
 
 
-def test_explain_command_refuses_a_folder_that_is_not_a_run_and_a_run_without_weights(finished_job, tmp_path,
-                                                                                      capsys):
+def test_explain_command_refuses_a_folder_that_is_not_a_run_and_a_run_without_weights(finished_job, tmp_path, capsys):
     assert explain_main([str(tmp_path)]) == 2
     assert f"{tmp_path} is not a run folder (no .hydra/config.yaml)" in capsys.readouterr().err
     shutil.copytree(finished_job / ".hydra", tmp_path / "job" / ".hydra")

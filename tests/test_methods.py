@@ -34,6 +34,7 @@ def shade_digits(split):
 
 # --- Lagrangian -------------------------------------------------------------
 
+
 def test_lagrangian_multiplier_rises_while_violated_and_falls_to_zero_once_satisfied(data_root):
     # the configured confounder (16 dots of 3x3): an MLP learns the dots, not the digits
     data = ConfoundedMNIST08(root=str(data_root), n_train=600, confounder={"n_dots": 16, "dot_size": 3}).load()
@@ -45,9 +46,18 @@ def test_lagrangian_multiplier_rises_while_violated_and_falls_to_zero_once_satis
     loss = LagrangianLoss(eps=0.1, dual_lr=0.05)
     sampler = MixedBatchSampler(len(data.train), batch_size=32, k=4, pool_size=30)
     epochs = []
-    fit_until_early_stopping(model, data.train, pool.corrected, data.val, sampler, loss,
-                             trainer.make_optimizer(model.parameters()), max_epochs=8, patience=8,
-                             on_epoch=lambda e, m: e and epochs.append(m))
+    fit_until_early_stopping(
+        model,
+        data.train,
+        pool.corrected,
+        data.val,
+        sampler,
+        loss,
+        trainer.make_optimizer(model.parameters()),
+        max_epochs=8,
+        patience=8,
+        on_epoch=lambda e, m: e and epochs.append(m),
+    )
     multiplier = [m["Lagrangian/multiplier"] for m in epochs]
     violation = [m["Lagrangian/violation"] for m in epochs]
     assert all(m["Lagrangian/epsilon"] == 0.1 for m in epochs)
@@ -67,13 +77,18 @@ def test_lagrangian_value_and_bad_settings():
     is_corrected = torch.tensor([False, False, True])
     total, conf, corr = loss(logits, targets, is_corrected)
     assert total.item() == pytest.approx(conf.item() + 2.0 * (corr.item() - 0.5), abs=1e-6)
-    for kwargs, key in (({"eps": -1}, "eps"), ({"dual_lr": 0}, "dual_lr"), ({"multiplier_init": -1}, "multiplier_init")):
+    for kwargs, key in (
+        ({"eps": -1}, "eps"),
+        ({"dual_lr": 0}, "dual_lr"),
+        ({"multiplier_init": -1}, "multiplier_init"),
+    ):
         with pytest.raises(SettingError) as err:
             LagrangianLoss(**kwargs)
         assert err.value.key == key
 
 
 # --- RRR --------------------------------------------------------------------
+
 
 def linear_model():
     torch.manual_seed(0)
@@ -123,6 +138,7 @@ def test_pool_masks_are_the_only_masks_training_sees(data):
 
 # --- Decoy-MNIST ------------------------------------------------------------
 
+
 def test_decoy_patch_sits_in_a_corner_where_its_mask_says(decoy, data_root):
     size = 4
     corners = torch.zeros(4, 28, 28, dtype=torch.bool)
@@ -160,6 +176,7 @@ def test_decoy_pool_draws_from_every_class_and_correction_removes_the_patch(deco
 
 # --- compare_methods --------------------------------------------------------
 
+
 def test_compare_methods_sweeps_four_methods_two_pool_sizes_and_three_seeds():
     with initialize_config_dir(config_dir=str(REPO / "conf")):
         cfg = compose("config", overrides=["experiment=compare_methods"], return_hydra_config=True)
@@ -172,18 +189,30 @@ def test_compare_methods_runs_end_to_end_one_folder_per_job(xilsweep_cli, data_r
     """Tiny settings, one seed and one pool size (the sweep itself is checked above)."""
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith("trainer.max_epochs")]
-    result = xilsweep_cli(["-m", "experiment=compare_methods", *tiny, "trainer.max_epochs=1",
-                           "seed=0", "save_model=false", f"data.root={data_root}",
-                           f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+    result = xilsweep_cli(
+        [
+            "-m",
+            "experiment=compare_methods",
+            *tiny,
+            "trainer.max_epochs=1",
+            "seed=0",
+            "save_model=false",
+            f"data.root={data_root}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     records = [json.loads((job / "metrics.json").read_text()) for job in jobs]
     assert all(r["status"] == "done" for r in records)
     assert [r["settings"]["loss"] for r in records] == ["balanced", "imbalanced", "lagrangian", "rrr"]
-    lagrangian = next(job for job, r in zip(jobs, records) if r["settings"]["loss"] == "lagrangian")
+    lagrangian = next(job for job, r in zip(jobs, records, strict=True) if r["settings"]["loss"] == "lagrangian")
     ea = EventAccumulator(str(lagrangian), size_guidance={"scalars": 0})
     ea.Reload()
-    assert {"Lagrangian/multiplier", "Lagrangian/violation", "Lagrangian/epsilon",
-            "Sampler/k"} <= set(ea.Tags()["scalars"])
+    assert {"Lagrangian/multiplier", "Lagrangian/violation", "Lagrangian/epsilon", "Sampler/k"} <= set(
+        ea.Tags()["scalars"]
+    )
     rrr = next(r for r in records if r["settings"]["loss"] == "rrr")
     assert rrr["history"][1]["RRR/penalty"] >= 0 and rrr["settings"]["lambda"] == 10.0

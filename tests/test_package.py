@@ -13,21 +13,34 @@ from helpers import REPO
 def test_the_installed_wheel_runs_the_default_config_from_any_folder(tmp_path):
     source = tmp_path / "source"  # a copy, so the build leaves the checkout untouched
     skipped = {".venv", ".git", "outputs", "data", "build", "xilsweep.egg-info"}
-    shutil.copytree(REPO, source, symlinks=True,
-                    ignore=lambda folder, names: skipped & set(names) if folder == str(REPO) else set())
+    shutil.copytree(
+        REPO, source, symlinks=True, ignore=lambda folder, names: skipped & set(names) if folder == str(REPO) else set()
+    )
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+        check=True,
+        capture_output=True,
+    )
     [wheel] = wheels.glob("xilsweep-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
-                   capture_output=True)
-    result = subprocess.run([sys.executable, "-m", "xilsweep.run", "--cfg", "job", "loss=rrr"], cwd=elsewhere,
-                            env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True)
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "xilsweep.run", "--cfg", "job", "loss=rrr"],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "_target_: xilsweep.losses.rrr.RRRLoss" in result.stdout
     assert "lam: 10.0" in result.stdout and "size: 100" in result.stdout
-    where = subprocess.run([sys.executable, "-c", "import xilsweep; print(xilsweep.__file__)"], cwd=elsewhere,
-                           env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import xilsweep; print(xilsweep.__file__)"],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+    )
     assert where.stdout.startswith(str(target))  # the installed copy ran, not the checkout

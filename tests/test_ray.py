@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 
 FAST = [*TINY, "save_model=false", "explainer.n_images=16"]
 RAY = Path(sys.executable).parent / "ray"
@@ -29,10 +29,22 @@ def ray_head():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    head = subprocess.Popen([str(RAY if RAY.exists() else "ray"), "start", "--head", "--block", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})  # the workers import this xilsweep
+    head = subprocess.Popen(
+        [
+            str(RAY if RAY.exists() else "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # the workers import this xilsweep
     output = []
     for line in head.stdout:  # --block: stays in the foreground until stopped
         output.append(line)
@@ -50,9 +62,19 @@ def ray_head():
 def test_sweep_runs_on_a_running_ray_cluster(ray_head, xilsweep_cli, data_root, tmp_path):
     sweep = tmp_path / "sweep"
     began = time.monotonic()
-    result = xilsweep_cli(["-m", *FAST, f"data.root={data_root}", "seed=0,1", "trainer.num_threads=null",
-                           "hydra/launcher=ray", "hydra.launcher.ray.init.address=auto",
-                           f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = xilsweep_cli(
+        [
+            "-m",
+            *FAST,
+            f"data.root={data_root}",
+            "seed=0,1",
+            "trainer.num_threads=null",
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.init.address=auto",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads((folder / "metrics.json").read_text()) for folder in sorted(sweep.glob("[0-9]_*"))]
     assert [r["settings"]["seed"] for r in runs] == [0, 1]

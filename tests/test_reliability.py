@@ -43,15 +43,26 @@ def test_same_config_and_seed_give_identical_metrics(data_root, tmp_path):
     assert comparable(c)["history"] != comparable(a)["history"]
 
 
-LONG = ["data.n_train=1200", "trainer.max_epochs=6", "trainer.patience=10", "pool.size=20",
-        "pretrain.epochs=1", "trainer.num_threads=1"]
+LONG = [
+    "data.n_train=1200",
+    "trainer.max_epochs=6",
+    "trainer.patience=10",
+    "pool.size=20",
+    "pretrain.epochs=1",
+    "trainer.num_threads=1",
+]
 
 
 def start_job(data_root, out):
     args = [*LONG, f"data.root={data_root}", f"hydra.run.dir={out}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "xilsweep.run", *args], cwd=out.parent, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "xilsweep.run", *args],
+        cwd=out.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_for_checkpoint_epoch(path, epoch, proc, timeout=120):
@@ -151,29 +162,34 @@ def test_damaged_confounded_model_is_rebuilt(data_root, tmp_path):
 
 def test_checkpoint_from_a_different_model_is_reported(data_root, tmp_path):
     from xilsweep.models import ConvNet
+
     ckpt = tmp_path / "other.pth"
     torch.save(ConvNet(channels=[4], pool=[True], hidden=[8]).state_dict(), ckpt)
     out = tmp_path / "job"
-    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}",
-                           f"pretrain.checkpoint={ckpt}"], tmp_path)
+    result = run_xilsweep(
+        [*TINY, f"data.root={data_root}", f"hydra.run.dir={out}", f"pretrain.checkpoint={ckpt}"], tmp_path
+    )
     assert result.returncode == 2
     assert "was saved from a different model" in result.stdout + result.stderr
     assert not (out / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("override,message", [
-    ("loss=focal", "Could not find 'loss/focal'"),
-    ("loss.lam=big", "loss.lam='big' is not allowed: a number >= 0"),
-    ("sampler.batch_size=0", "sampler.batch_size=0 is not allowed"),
-    ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
-    ("sampler.k=64", "sampler.k=64 is not allowed"),
-    ("pool.size=5000", "pool.size=5000 is not allowed"),
-    ("data.n_train=0", "data.n_train=0 is not allowed"),
-    ("data.root=/no/such/dir", "data.root='/no/such/dir' is not allowed: an existing directory"),
-    ("seed=abc", "seed='abc' is not allowed: an integer"),
-    ("loss=lagrangian loss.eps=-0.5", "loss.eps=-0.5 is not allowed: a number >= 0"),
-    ("model=mlp explainer=gradcam", "explainer='gradcam' is not allowed: input_gradients"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("loss=focal", "Could not find 'loss/focal'"),
+        ("loss.lam=big", "loss.lam='big' is not allowed: a number >= 0"),
+        ("sampler.batch_size=0", "sampler.batch_size=0 is not allowed"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
+        ("sampler.k=64", "sampler.k=64 is not allowed"),
+        ("pool.size=5000", "pool.size=5000 is not allowed"),
+        ("data.n_train=0", "data.n_train=0 is not allowed"),
+        ("data.root=/no/such/dir", "data.root='/no/such/dir' is not allowed: an existing directory"),
+        ("seed=abc", "seed='abc' is not allowed: an integer"),
+        ("loss=lagrangian loss.eps=-0.5", "loss.eps=-0.5 is not allowed: a number >= 0"),
+        ("model=mlp explainer=gradcam", "explainer='gradcam' is not allowed: input_gradients"),
+    ],
+)
 def test_bad_input_gives_one_clear_line_and_leaves_no_output(override, message, data_root, tmp_path):
     out = tmp_path / "job"
     result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}", *override.split()], tmp_path)
@@ -199,12 +215,29 @@ def test_optuna_study_in_sqlite_resumes_after_the_sweeper_is_killed(data_root, t
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = [*TINY, f"data.root={data_root}", "hparams_search=lambda_optuna", f"hydra.sweeper.storage={storage}",
-            "hydra.sweeper.n_jobs=1"]
+    args = [
+        *TINY,
+        f"data.root={data_root}",
+        "hparams_search=lambda_optuna",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.n_jobs=1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    sweeper = subprocess.Popen([sys.executable, "-m", "xilsweep.run", "-m", *args, "hydra.sweeper.n_trials=20",
-                                f"hydra.sweep.dir={tmp_path / 'first'}"], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweeper = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xilsweep.run",
+            "-m",
+            *args,
+            "hydra.sweeper.n_trials=20",
+            f"hydra.sweep.dir={tmp_path / 'first'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def complete():
         try:
@@ -220,7 +253,6 @@ def test_optuna_study_in_sqlite_resumes_after_the_sweeper_is_killed(data_root, t
     sweeper.send_signal(signal.SIGKILL)
     sweeper.wait()
     done_before = complete()
-    result = run_xilsweep(["-m", *args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'second'}"],
-                          tmp_path)
+    result = run_xilsweep(["-m", *args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'second'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert complete() == done_before + 1  # the same study, one more finished trial

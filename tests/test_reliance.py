@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from xilsweep.data import Confounder, ConfoundedMNIST08, load_mnist
+from xilsweep.data import Confounder, load_mnist
 from xilsweep.models import ConvNet
 from xilsweep.pretrain import Pretraining
 from xilsweep.reasons import InputGradients, align_to_input, receptive_field, shortcut_removed
@@ -24,8 +24,9 @@ def enclosed(image: torch.Tensor) -> torch.Tensor:
     background = (image == 0).tolist()
     h, w = len(background), len(background[0])
     seen = [[False] * w for _ in range(h)]
-    queue = deque((r, c) for r in range(h) for c in range(w)
-                  if (r in (0, h - 1) or c in (0, w - 1)) and background[r][c])
+    queue = deque(
+        (r, c) for r in range(h) for c in range(w) if (r in (0, h - 1) or c in (0, w - 1)) and background[r][c]
+    )
     for r, c in queue:
         seen[r][c] = True
     while queue:
@@ -102,8 +103,15 @@ def test_reference_models_are_cached_and_keyed_by_every_training_setting(data, t
     assert oracle["path"] != confounded["path"]
     assert oracle["settings"] == {**confounded["settings"], "kind": "oracle"}
     paths = {oracle["path"]}
-    for change in ({"weight_decay": 0.01}, {"optimizer": "sgd"}, {"momentum": 0.5, "optimizer": "sgd"},
-                   {"grad_clip": 1.0}, {"seed": 1}, {"lr": 0.002}, {"batch_size": 32}):
+    for change in (
+        {"weight_decay": 0.01},
+        {"optimizer": "sgd"},
+        {"momentum": 0.5, "optimizer": "sgd"},
+        {"grad_clip": 1.0},
+        {"seed": 1},
+        {"lr": 0.002},
+        {"batch_size": 32},
+    ):
         _, other = Pretraining(epochs=1, **change).oracle_model(data, small_cnn, {"cnn": "small"}, trainer)
         assert other["path"] not in paths, change
         paths.add(other["path"])
@@ -129,8 +137,9 @@ def test_gradcam_units_land_on_their_receptive_field_centres():
     stride, offset = receptive_field(layers[: layers.index(model.last_conv) + 1])
     # the receptive field of one unit, found independently: the input gradient of that unit
     # through positive weights (max-pooling routes through one pixel, so average it away)
-    probe = nn.Sequential(*[nn.AvgPool2d(2) if isinstance(m, nn.MaxPool2d) else m
-                            for m in layers[: layers.index(model.last_conv) + 1]])
+    probe = nn.Sequential(
+        *[nn.AvgPool2d(2) if isinstance(m, nn.MaxPool2d) else m for m in layers[: layers.index(model.last_conv) + 1]]
+    )
     for m in probe:
         if isinstance(m, nn.Conv2d):
             nn.init.constant_(m.weight, 0.1)
@@ -155,14 +164,26 @@ def test_gradcam_units_land_on_their_receptive_field_centres():
 def test_a_pretraining_setting_swept_across_two_jobs_gives_two_cached_models(data_root, tmp_path, xilsweep_cli):
     from tests.conftest import TINY
 
-    result = xilsweep_cli(["-m", f"data.root={data_root}", *TINY, "pretrain.weight_decay=0,0.01",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    result = xilsweep_cli(
+        [
+            "-m",
+            f"data.root={data_root}",
+            *TINY,
+            "pretrain.weight_decay=0,0.01",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/metrics.json"))]
     assert len(records) == 2
     assert len({r["confounded"]["path"] for r in records}) == 2
     assert len({r["oracle"]["path"] for r in records}) == 2
     for r in records:  # every job carries both references and the share removed
-        assert set(r["shortcut_removed"]) == {"dot_flip_rate", "test_dotted_accuracy", "attribution_in_mask",
-                                              "wrong_reason_score"}
+        assert set(r["shortcut_removed"]) == {
+            "dot_flip_rate",
+            "test_dotted_accuracy",
+            "attribution_in_mask",
+            "wrong_reason_score",
+        }
         assert r["oracle"]["dot_flip_rate"] < r["confounded"]["dot_flip_rate"]

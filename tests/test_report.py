@@ -14,8 +14,12 @@ from xilsweep.report import answer_lambda, find_jobs, write_report
 from xilsweep.report import main as report_main
 
 FAST = ["trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
-PLOTS = ("val_accuracy_vs_lr.png", "test_accuracy_vs_lambda.png", "test_accuracy_vs_pool_size.png",
-         "training_curves_best.png")
+PLOTS = (
+    "val_accuracy_vs_lr.png",
+    "test_accuracy_vs_lambda.png",
+    "test_accuracy_vs_pool_size.png",
+    "training_curves_best.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +27,21 @@ def grid_sweep(data_root, tmp_path_factory):
     """The full grid experiment on tiny lists, in parallel: 2 lambdas x 2 pool sizes x 2 seeds
     balanced, and 2 pool sizes x 2 seeds imbalanced (lambda does not apply)."""
     sweep = tmp_path_factory.mktemp("grid") / "sweep"
-    result = run_sweep([*FAST, "experiment=full_grid_search", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-                        "trainer.num_threads=null", "trainer.lr=0.001", "loss.lam=0.5,2", "pool.size=5,10",
-                        "seed=0,1"], sweep, data_root)
+    result = run_sweep(
+        [
+            *FAST,
+            "experiment=full_grid_search",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            "trainer.num_threads=null",
+            "trainer.lr=0.001",
+            "loss.lam=0.5,2",
+            "pool.size=5,10",
+            "seed=0,1",
+        ],
+        sweep,
+        data_root,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return sweep
 
@@ -35,17 +51,30 @@ def failing_sweep(data_root, tmp_path_factory):
     """The lr_search experiment, six jobs in order: two good ones, a bad setting (loss.lam=-1)
     among them and a NaN loss (lr 1e12)."""
     sweep = tmp_path_factory.mktemp("failing") / "sweep"
-    result = run_sweep([*FAST, "experiment=lr_search", "trainer.optimizer=sgd", "trainer.lr=0.001,0.01,1e12",
-                        "loss.lam=1,-1", "seed=0"], sweep, data_root)
+    result = run_sweep(
+        [
+            *FAST,
+            "experiment=lr_search",
+            "trainer.optimizer=sgd",
+            "trainer.lr=0.001,0.01,1e12",
+            "loss.lam=1,-1",
+            "seed=0",
+        ],
+        sweep,
+        data_root,
+    )
     return sweep, result
 
 
 def test_grid_runs_every_applicable_job_in_parallel_with_one_thread_each(grid_sweep):
     runs = [json.loads((p / "metrics.json").read_text()) for p in job_folders(grid_sweep)]
-    assert sorted((m["settings"]["loss"], m["settings"].get("lambda"), m["settings"]["pool_size"],
-                   m["settings"]["seed"]) for m in runs) == sorted(
+    assert sorted(
+        (m["settings"]["loss"], m["settings"].get("lambda"), m["settings"]["pool_size"], m["settings"]["seed"])
+        for m in runs
+    ) == sorted(
         [("balanced", lam, pool, seed) for lam in (0.5, 2.0) for pool in (5, 10) for seed in (0, 1)]
-        + [("imbalanced", None, pool, seed) for pool in (5, 10) for seed in (0, 1)])
+        + [("imbalanced", None, pool, seed) for pool in (5, 10) for seed in (0, 1)]
+    )
     assert all(m["status"] == "done" and m["torch_threads"] == 1 for m in runs)
     assert len({m["pid"] for m in runs}) <= 2  # two worker processes, each running several jobs
 
@@ -86,8 +115,9 @@ def test_report_tables_one_row_per_job_and_mean_std_n_over_seeds(grid_sweep):
 def test_report_answers_balanced_vs_imbalanced_with_the_seed_spread(grid_sweep):
     text = write_report(grid_sweep)
     summary = pd.read_csv(grid_sweep / "report" / "summary.csv")
-    best = summary.sort_values(["best_val_accuracy_mean", "best_val_loss_mean"], ascending=[False, True],
-                               kind="stable").drop_duplicates("loss")  # ties to the lower validation loss
+    best = summary.sort_values(
+        ["best_val_accuracy_mean", "best_val_loss_mean"], ascending=[False, True], kind="stable"
+    ).drop_duplicates("loss")  # ties to the lower validation loss
     best = best.set_index("loss")
     difference = 100 * (best.test_accuracy_mean["balanced"] - best.test_accuracy_mean["imbalanced"])
     answer = next(line for line in text.splitlines() if "Does balanced beat imbalanced?" in line)
@@ -120,14 +150,23 @@ def test_failing_jobs_leave_the_sweep_running_and_show_as_failed(failing_sweep):
 
 
 def test_validation_ties_go_to_the_lower_validation_loss():
-    summary = pd.DataFrame({"loss.lam": [0.5, 10.0, 2.0], "n": [3, 3, 3],
-                            "best_val_accuracy_mean": [0.99, 0.99, 0.98], "best_val_accuracy_std": [0.0, 0.0, 0.01],
-                            "best_val_loss_mean": [0.05, 0.03, 0.01], "best_val_loss_std": [0.0, 0.0, 0.0],
-                            "test_accuracy_mean": [0.98, 0.99, 0.97], "test_accuracy_std": [0.0, 0.0, 0.0]})
+    summary = pd.DataFrame(
+        {
+            "loss.lam": [0.5, 10.0, 2.0],
+            "n": [3, 3, 3],
+            "best_val_accuracy_mean": [0.99, 0.99, 0.98],
+            "best_val_accuracy_std": [0.0, 0.0, 0.01],
+            "best_val_loss_mean": [0.05, 0.03, 0.01],
+            "best_val_loss_std": [0.0, 0.0, 0.0],
+            "test_accuracy_mean": [0.98, 0.99, 0.97],
+            "test_accuracy_std": [0.0, 0.0, 0.0],
+        }
+    )
     answer = answer_lambda(summary, ["loss.lam", "seed"])
     assert answer.startswith("**λ:** best loss.lam = 10 ") and "tied on validation accuracy with 0.5" in answer
-    assert answer_lambda(summary.drop(columns=["best_val_loss_mean", "best_val_loss_std"]),
-                         ["loss.lam"]).startswith("**λ:** best loss.lam = 0.5 ")  # older runs: first wins
+    assert answer_lambda(summary.drop(columns=["best_val_loss_mean", "best_val_loss_std"]), ["loss.lam"]).startswith(
+        "**λ:** best loss.lam = 0.5 "
+    )  # older runs: first wins
 
 
 def test_report_reads_older_interrupted_and_running_jobs(grid_sweep, tmp_path):
@@ -138,8 +177,17 @@ def test_report_reads_older_interrupted_and_running_jobs(grid_sweep, tmp_path):
     older, killed, running, no_record = (sweep / s.name for s in sources)
     # an older run: no right-reason metrics, no history, no .hydra/ (overrides from metrics.json)
     record = json.loads((older / "metrics.json").read_text())
-    for key in ("history", "test_dotted_accuracy", "attribution_in_mask", "wrong_reason_score",
-                "dot_flip_rate", "confounded", "pid", "host", "torch_threads"):
+    for key in (
+        "history",
+        "test_dotted_accuracy",
+        "attribution_in_mask",
+        "wrong_reason_score",
+        "dot_flip_rate",
+        "confounded",
+        "pid",
+        "host",
+        "torch_threads",
+    ):
         del record[key]
     (older / "metrics.json").write_text(json.dumps(record))
     shutil.rmtree(older / ".hydra")
@@ -158,9 +206,15 @@ def test_report_reads_older_interrupted_and_running_jobs(grid_sweep, tmp_path):
     assert jobs.reason[1].startswith(f"killed: process {dead.pid}")
     assert "attribution_in_mask" in jobs.columns and pd.isna(jobs.attribution_in_mask[0])
     for path in [older, killed]:
-        (path / "metrics.json").write_text(json.dumps({k: v for k, v in json.loads(
-            (path / "metrics.json").read_text()).items() if k not in ("attribution_in_mask", "dot_flip_rate",
-                                                                      "wrong_reason_score", "confounded")}))
+        (path / "metrics.json").write_text(
+            json.dumps(
+                {
+                    k: v
+                    for k, v in json.loads((path / "metrics.json").read_text()).items()
+                    if k not in ("attribution_in_mask", "dot_flip_rate", "wrong_reason_score", "confounded")
+                }
+            )
+        )
     write_report(sweep)
     assert "attribution_in_mask" not in pd.read_csv(sweep / "report" / "jobs.csv").columns
     assert [j.status for j in find_jobs(sweep)] == ["done", "failed", "running", "running"]

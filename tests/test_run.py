@@ -9,8 +9,10 @@ from xilsweep.job import ConfigError, assemble, build
 from xilsweep.run import run_job
 from xilsweep.tracking import EPOCH_TAGS
 
-GROUP_OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-                 for group in ("data", "model", "loss", "pool", "sampler", "trainer", "pretrain", "explainer")}
+GROUP_OPTIONS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("data", "model", "loss", "pool", "sampler", "trainer", "pretrain", "explainer")
+}
 SUPPLIED = {"sampler": {"n_confounded": 10, "pool_size": 5}, "model": {"num_classes": 2}}
 
 
@@ -39,8 +41,9 @@ def test_job_writes_tensorboard_tags_hparams_and_metrics_in_its_own_folder(data_
         assert tag in scalar_tags, tag
     assert len(ea.Scalars("Loss/train_epoch")) == metrics["epochs_run"]
     assert len(ea.Scalars("Accuracy/val_epoch")) == metrics["epochs_run"] + 1  # epoch 0 = start
-    assert {"Images/confounded_samples", "Images/corrected_original",
-            "Images/corrected_samples"} <= set(ea.Tags()["images"])
+    assert {"Images/confounded_samples", "Images/corrected_original", "Images/corrected_samples"} <= set(
+        ea.Tags()["images"]
+    )
     hparams = ea.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     assert b"pool_size" in hparams["_hparams_/session_start_info"]
@@ -48,18 +51,21 @@ def test_job_writes_tensorboard_tags_hparams_and_metrics_in_its_own_folder(data_
     assert (out / "model.pth").exists()
 
 
-@pytest.mark.parametrize("override,message", [
-    ("loss.lam=-1", "loss.lam=-1.0 is not allowed: a number >= 0"),
-    ("sampler.k=64", "sampler.k=64 is not allowed: an integer in [0, batch_size=64)"),
-    ("sampler.k=-1", "sampler.k=-1"),
-    ("pool.size=100000", "pool.size=100000 is not allowed: an integer from 0 to"),
-    ("trainer.lr=0", "trainer.lr=0.0 is not allowed: a number > 0"),
-    ("trainer.lr=-0.1", "trainer.lr=-0.1"),
-    ("trainer.optimizer=lbfgs", "trainer.optimizer='lbfgs' is not allowed: one of adam, sgd"),
-    ("data.root=/nonexistent", "data.root='/nonexistent' is not allowed: an existing directory"),
-    ("data.confounder.positions=center", "data.confounder.positions"),
-    ("model.pool=[true]", "model.pool"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("loss.lam=-1", "loss.lam=-1.0 is not allowed: a number >= 0"),
+        ("sampler.k=64", "sampler.k=64 is not allowed: an integer in [0, batch_size=64)"),
+        ("sampler.k=-1", "sampler.k=-1"),
+        ("pool.size=100000", "pool.size=100000 is not allowed: an integer from 0 to"),
+        ("trainer.lr=0", "trainer.lr=0.0 is not allowed: a number > 0"),
+        ("trainer.lr=-0.1", "trainer.lr=-0.1"),
+        ("trainer.optimizer=lbfgs", "trainer.optimizer='lbfgs' is not allowed: one of adam, sgd"),
+        ("data.root=/nonexistent", "data.root='/nonexistent' is not allowed: an existing directory"),
+        ("data.confounder.positions=center", "data.confounder.positions"),
+        ("model.pool=[true]", "model.pool"),
+    ],
+)
 def test_bad_settings_stop_before_any_work_with_one_clear_line(override, message, data_root):
     cfg = job_config([*TINY, override], data_root)
     with pytest.raises(ConfigError) as err:
@@ -82,8 +88,10 @@ def test_multirun_gives_one_folder_per_job_each_with_its_own_run(data_root, tmp_
     result = run_sweep(["loss.lam=0.5,2"], sweep, data_root)
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = job_folders(sweep)
-    assert [p.name for p in jobs] == ["0_lr0.001_lossbalanced_lambda0.5_pool10_seed0",
-                                      "1_lr0.001_lossbalanced_lambda2.0_pool10_seed0"]
+    assert [p.name for p in jobs] == [
+        "0_lr0.001_lossbalanced_lambda0.5_pool10_seed0",
+        "1_lr0.001_lossbalanced_lambda2.0_pool10_seed0",
+    ]
     for job, lam in zip(jobs, (0.5, 2.0), strict=True):
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["status"] == "done" and metrics["settings"]["lambda"] == lam

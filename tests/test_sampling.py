@@ -8,11 +8,14 @@ from xilsweep.errors import SettingError
 from xilsweep.sampling import MixedBatchSampler, create_is_user_corrected_mask
 
 
-@pytest.mark.parametrize("batch_size,k,n,pool", [
-    (b, k, n, p)
-    for b, k, n, p in itertools.product([2, 8, 64], [0, 1, 4], [1, 7, 60, 61, 500], [1, 3, 100])
-    if k < b
-])
+@pytest.mark.parametrize(
+    "batch_size,k,n,pool",
+    [
+        (b, k, n, p)
+        for b, k, n, p in itertools.product([2, 8, 64], [0, 1, 4], [1, 7, 60, 61, 500], [1, 3, 100])
+        if k < b
+    ],
+)
 def test_mixed_batches_hold_each_confounded_sample_once_and_k_corrected_last(batch_size, k, n, pool):
     sampler = MixedBatchSampler(n, batch_size=batch_size, k=k, pool_size=pool, seed=1)
     for epoch in range(2):
@@ -44,11 +47,13 @@ def test_small_pool_is_cycled_evenly_and_epochs_differ():
 
 def test_sampler_works_as_a_dataloader_batch_sampler():
     from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
+
     confounded = TensorDataset(torch.zeros(50, 1), torch.zeros(50))
     corrected = TensorDataset(torch.ones(5, 1), torch.ones(5))
-    loader = DataLoader(ConcatDataset([confounded, corrected]),
-                        batch_sampler=MixedBatchSampler(50, batch_size=16, k=3, pool_size=5))
-    for x, y in loader:
+    loader = DataLoader(
+        ConcatDataset([confounded, corrected]), batch_sampler=MixedBatchSampler(50, batch_size=16, k=3, pool_size=5)
+    )
+    for _x, y in loader:
         assert torch.equal(y.bool(), create_is_user_corrected_mask(len(y), 3))
 
 
@@ -61,11 +66,17 @@ def test_k_schedules():
     assert all(b[-6:].min() >= 100 for b in batches) and all((b[:-6] < 100).all() for b in batches)
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"k": 64}, "k"), ({"k": -1}, "k"), ({"batch_size": 0}, "batch_size"),
-    ({"pool_size": 0}, "pool_size"), ({"correction": "blur"}, "correction"),
-    ({"k_schedule": "cosine"}, "k_schedule"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"k": 64}, "k"),
+        ({"k": -1}, "k"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"pool_size": 0}, "pool_size"),
+        ({"correction": "blur"}, "correction"),
+        ({"k_schedule": "cosine"}, "k_schedule"),
+    ],
+)
 def test_bad_sampler_settings_name_the_key(kwargs, key):
     with pytest.raises(SettingError) as err:
         MixedBatchSampler(100, **kwargs)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 from xilsweep.report import find_jobs
 
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
@@ -57,28 +57,41 @@ def cancel(sweep: Path) -> None:
         subprocess.run(["scancel", *slurm_jobs(sweep).values()], capture_output=True)
 
 
-def test_sweep_runs_as_an_array_with_threads_logs_report_and_a_failed_job(slurm, data_root, tmp_path,
-                                                                         xilsweep_cli):
+def test_sweep_runs_as_an_array_with_threads_logs_report_and_a_failed_job(slurm, data_root, tmp_path, xilsweep_cli):
     """Two jobs, one array: a good one on two CPUs, and one with a bad learning rate."""
     sweep = tmp_path / "sweep"
     try:
-        result = xilsweep_cli(["-m", *FAST, f"data.root={data_root}", "trainer.num_threads=null",
-                               "hydra.launcher.cpus_per_task=2", "trainer.lr=0.001,-1",
-                               f"hydra.sweep.dir={sweep}"], tmp_path)
+        result = xilsweep_cli(
+            [
+                "-m",
+                *FAST,
+                f"data.root={data_root}",
+                "trainer.num_threads=null",
+                "hydra.launcher.cpus_per_task=2",
+                "trainer.lr=0.001,-1",
+                f"hydra.sweep.dir={sweep}",
+            ],
+            tmp_path,
+        )
     finally:
         cancel(sweep)
     assert result.returncode != 0  # the failed job is reported at the end
     assert "sacct" not in result.stderr + result.stdout  # no accounting here, and no warning per poll
     ids = slurm_jobs(sweep)
     assert sorted(ids) == [0, 1] and len({i.split("_")[0] for i in ids.values()}) == 1  # one array
-    for number, slurm_id in ids.items():  # submitit's logs of every task, in the sweep folder
+    for _number, slurm_id in ids.items():  # submitit's logs of every task, in the sweep folder
         assert (sweep / ".submitit" / slurm_id / f"{slurm_id}_0_log.out").is_file()
     jobs = {job.folder.name.split("_")[0]: job for job in find_jobs(sweep)}
     assert [jobs[n].status for n in "01"] == ["done", "failed"]
     assert "trainer.lr=-1" in jobs["1"].reason
     assert jobs["0"].metrics["torch_threads"] == 2  # OMP_NUM_THREADS follows the task's CPUs, torch follows it
-    report = subprocess.run([sys.executable, "-m", "xilsweep.report", str(sweep)], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    report = subprocess.run(
+        [sys.executable, "-m", "xilsweep.report", str(sweep)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     assert len((sweep / "report" / "jobs.csv").read_text().strip().splitlines()) == 1 + 2
 
@@ -109,14 +122,28 @@ def test_jobs_cut_by_time_limit_or_requeue_resume_and_end_as_uninterrupted(slurm
     sends signal_delay_s before the limit); 2 is requeued with scontrol, as on preemption."""
     sweep = tmp_path / "sweep"
     epochs = 40
-    args = ["-m", *FAST, f"data.root={data_root}", f"trainer.max_epochs={epochs}", f"trainer.patience={epochs}",
-            "seed=0,0,0", "hydra.launcher.timeout_min=5",  # under 10 min submitit counts a signal as a time-out
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        *FAST,
+        f"data.root={data_root}",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.patience={epochs}",
+        "seed=0,0,0",
+        "hydra.launcher.timeout_min=5",  # under 10 min submitit counts a signal as a time-out
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
     began = time.monotonic()
-    sweeper = subprocess.Popen([sys.executable, "-m", "xilsweep.run", *args], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweeper = subprocess.Popen(
+        [sys.executable, "-m", "xilsweep.run", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
+
         def folder_of(number):
             found = list(sweep.glob(f"{number}_*"))
             return found[0] if found else None
@@ -126,7 +153,7 @@ def test_jobs_cut_by_time_limit_or_requeue_resume_and_end_as_uninterrupted(slurm
         while to_interrupt:  # each one once it has checkpointed a few epochs
             number = wait_for_epoch(folder_of, to_interrupt, 3, deadline)
             slurm_id = slurm_jobs(sweep)[number]
-            command = (["scancel", "--signal=USR2", slurm_id] if number == 1 else ["scontrol", "requeue", slurm_id])
+            command = ["scancel", "--signal=USR2", slurm_id] if number == 1 else ["scontrol", "requeue", slurm_id]
             subprocess.run(command, check=True, capture_output=True)
             to_interrupt.remove(number)
         output, _ = sweeper.communicate(timeout=max(1, deadline - time.monotonic()))

@@ -23,6 +23,6 @@ def test_images_are_logged_as_grids_of_eight_per_row_with_grey_lines_between(tmp
     assert white.step == 3 and grid.shape == (2 * SIZE, 8 * SIZE, 3)  # 13 images: a full row and 5 more
     assert (grid[:GRID_PADDING, :] == GREY).all() and (grid[:, :GRID_PADDING] == GREY).all()  # grey lines
     assert (grid[GRID_PADDING:SIZE, GRID_PADDING:SIZE] == 255).all()  # an image
-    assert (grid[SIZE:, 5 * SIZE:] == 0).all()  # no image after the 13th
+    assert (grid[SIZE:, 5 * SIZE :] == 0).all()  # no image after the 13th
     [many] = run.Images("Images/many")
     assert (many.height, many.width) == (4 * SIZE, 8 * SIZE)  # the first 32 only

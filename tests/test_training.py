@@ -6,7 +6,7 @@ import torch
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.errors import NonFiniteLossError
 from xilsweep.losses import BaselineBalancedLoss, BaselineImbalancedLoss
-from xilsweep.models import ConvNet, MLP
+from xilsweep.models import MLP, ConvNet
 from xilsweep.sampling import MixedBatchSampler
 from xilsweep.training import Trainer, concat, evaluate, fit_until_early_stopping, train_confounded, train_one_epoch
 
@@ -46,9 +46,18 @@ def test_early_stopping_restores_the_best_epoch_and_respects_patience(data):
     pool = UserCorrectedDataset(data.train, pool_size=50)
     sampler = MixedBatchSampler(len(data.train), batch_size=64, k=4, pool_size=50)
     seen = []
-    result = fit_until_early_stopping(model, data.train, pool.corrected, data.val, sampler,
-                                      BaselineBalancedLoss(1.0), trainer.make_optimizer(model.parameters()),
-                                      max_epochs=30, patience=2, on_epoch=lambda e, m: seen.append(e))
+    result = fit_until_early_stopping(
+        model,
+        data.train,
+        pool.corrected,
+        data.val,
+        sampler,
+        BaselineBalancedLoss(1.0),
+        trainer.make_optimizer(model.parameters()),
+        max_epochs=30,
+        patience=2,
+        on_epoch=lambda e, m: seen.append(e),
+    )
     assert seen == list(range(result.epochs_run + 1))
     assert result.epochs_run - result.best_epoch == 2 or result.epochs_run == 30
     best_val = max(h["val_accuracy"] for h in result.history)
@@ -62,8 +71,14 @@ def test_nan_loss_stops_training_with_a_clear_message(data):
         model.net[2].weight.fill_(float("nan"))
     sampler = MixedBatchSampler(len(data.train), batch_size=64, k=0, pool_size=0)
     with pytest.raises(NonFiniteLossError, match="trainer.lr"):
-        train_one_epoch(model, data.train, sampler.batches(0), 0, BaselineImbalancedLoss(),
-                        torch.optim.SGD(model.parameters(), lr=0.1))
+        train_one_epoch(
+            model,
+            data.train,
+            sampler.batches(0),
+            0,
+            BaselineImbalancedLoss(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+        )
 
 
 def test_confounded_model_is_trained_on_the_whole_split_whatever_n_train(data_root):
@@ -74,8 +89,9 @@ def test_confounded_model_is_trained_on_the_whole_split_whatever_n_train(data_ro
     for n_train in (100, 300):
         data = ConfoundedMNIST08(root=str(data_root), n_train=n_train).load()
         assert len(data.train) == n_train and len(data.pretrain_split) == 1751
-        _, record = Pretraining(epochs=1).confounded_model(data, small_cnn, {"test": "small_cnn"},
-                                                           Trainer(device="cpu"))
+        _, record = Pretraining(epochs=1).confounded_model(
+            data, small_cnn, {"test": "small_cnn"}, Trainer(device="cpu")
+        )
         records.append(record)
     assert records[0]["path"] == records[1]["path"]
     assert records[0]["test_accuracy"] == records[1]["test_accuracy"]

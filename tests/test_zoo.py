@@ -12,8 +12,18 @@ from torch.func import functional_call, grad
 from helpers import TINY
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.errors import SettingError
-from xilsweep.losses import (BaselineBalancedLoss, CDEPLoss, HINTLoss, RBRLoss, RRRGLoss, cdep_penalty,
-                             contextual_decomposition, gradcam_penalty, hint_penalty, influence_penalty)
+from xilsweep.losses import (
+    BaselineBalancedLoss,
+    CDEPLoss,
+    HINTLoss,
+    RBRLoss,
+    RRRGLoss,
+    cdep_penalty,
+    contextual_decomposition,
+    gradcam_penalty,
+    hint_penalty,
+    influence_penalty,
+)
 from xilsweep.models import MLP, ConvNet
 
 
@@ -25,7 +35,7 @@ class TinyConv(nn.Module):
         torch.manual_seed(0)
         self.conv = nn.Conv2d(1, 2, kernel, padding=padding)
         self.map_size = size + 2 * padding - kernel + 1
-        self.fc = nn.Linear(2 * self.map_size ** 2, classes)
+        self.fc = nn.Linear(2 * self.map_size**2, classes)
 
     @property
     def last_conv(self):
@@ -53,6 +63,7 @@ def batch(size: int, n: int = 5, seed: int = 1):
 
 # --- RRR-G ------------------------------------------------------------------
 
+
 def test_rrr_g_penalty_is_the_scaled_squared_gradcam_inside_the_pooled_mask():
     model = TinyConv(size=8, kernel=5)  # 4x4 maps: each map cell pools a 2x2 block of the mask
     x, targets, mask = batch(8)
@@ -60,7 +71,7 @@ def test_rrr_g_penalty_is_the_scaled_squared_gradcam_inside_the_pooled_mask():
     cam = gradcam_by_hand(model, x, logits.argmax(1))
     scaled = cam / cam.abs().amax(dim=(2, 3), keepdim=True)
     share = mask.float().view(5, 1, 4, 2, 4, 2).mean(dim=(3, 5))
-    assert penalty.item() == pytest.approx(((scaled ** 2) * share).sum().item() / 5, rel=1e-5)
+    assert penalty.item() == pytest.approx(((scaled**2) * share).sum().item() / 5, rel=1e-5)
     penalty.backward()  # the penalty trains the convolution
     assert model.conv.weight.grad.abs().sum() > 0
 
@@ -80,6 +91,7 @@ def test_gradcam_losses_refuse_a_model_without_a_convolution(loss):
 
 
 # --- HINT -------------------------------------------------------------------
+
 
 def test_hint_penalty_is_the_mse_of_the_true_class_gradcam_and_the_ink_on_samples_with_feedback():
     model = TinyConv(size=6, kernel=3, padding=1)  # maps of the input's size: no resampling
@@ -103,6 +115,7 @@ def test_hint_penalty_is_the_mse_of_the_true_class_gradcam_and_the_ink_on_sample
 
 # --- RBR --------------------------------------------------------------------
 
+
 def test_rbr_penalty_matches_a_per_sample_functional_computation():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 4), nn.Tanh(), nn.Linear(4, 3))
@@ -117,8 +130,10 @@ def test_rbr_penalty_matches_a_per_sample_functional_computation():
     def summed_log_probs(xi):
         return F.log_softmax(functional_call(model, params, (xi[None],)), dim=1).sum()
 
-    expected = sum((grad(summed_param_grad)(xi, yi) * grad(summed_log_probs)(xi) * mi).pow(2).sum()
-                   for xi, yi, mi in zip(x, targets, mask)) / len(x)
+    expected = sum(
+        (grad(summed_param_grad)(xi, yi) * grad(summed_log_probs)(xi) * mi).pow(2).sum()
+        for xi, yi, mi in zip(x, targets, mask, strict=True)
+    ) / len(x)
     assert expected > 0
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-4)
     penalty.backward()
@@ -138,8 +153,12 @@ def test_rbr_penalty_vanishes_for_a_linear_softmax_model():
 
 # --- CDEP -------------------------------------------------------------------
 
-@pytest.mark.parametrize("model", [ConvNet(), ConvNet(channels=[4, 8], pool=[False, True], dropout=0.5), MLP()],
-                         ids=["cnn", "cnn_dropout", "mlp"])
+
+@pytest.mark.parametrize(
+    "model",
+    [ConvNet(), ConvNet(channels=[4, 8], pool=[False, True], dropout=0.5), MLP()],
+    ids=["cnn", "cnn_dropout", "mlp"],
+)
 def test_contextual_decomposition_parts_sum_to_the_logits(model, data):
     x = data.test.x[:16]
     mask = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2
@@ -198,6 +217,7 @@ def test_zoo_losses_round_trip_their_state_and_check_base(loss_type):
 
 # --- confounder transplant --------------------------------------------------
 
+
 def test_transplant_pastes_pool_confounders_onto_other_class_images_keeping_their_labels(data):
     pool = UserCorrectedDataset(data.train, pool_size=20, correction="transplant", seed=0)
     donors, made = pool.original, pool.corrected
@@ -222,10 +242,20 @@ def test_transplant_pastes_pool_confounders_onto_other_class_images_keeping_thei
 
 # --- end to end -------------------------------------------------------------
 
+
 def test_zoo_jobs_run_end_to_end_with_finite_penalties(xilsweep_cli, data_root, tmp_path):
     sweep = tmp_path / "sweep"
-    result = xilsweep_cli(["-m", "loss=rrr_g,rbr,hint,cdep", *TINY, "save_model=false", f"data.root={data_root}",
-                           f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = xilsweep_cli(
+        [
+            "-m",
+            "loss=rrr_g,rbr,hint,cdep",
+            *TINY,
+            "save_model=false",
+            f"data.root={data_root}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     tags = {"rrr_g": "RRR-G/penalty", "rbr": "RBR/penalty", "hint": "HINT/penalty", "cdep": "CDEP/penalty"}
@@ -243,8 +273,10 @@ def test_zoo_jobs_run_end_to_end_with_finite_penalties(xilsweep_cli, data_root, 
 
 def test_transplant_job_runs_end_to_end(xilsweep_cli, data_root, tmp_path):
     out = tmp_path / "job"
-    result = xilsweep_cli(["pool.correction=transplant", *TINY, "save_model=false", f"data.root={data_root}",
-                           f"hydra.run.dir={out}"], tmp_path)
+    result = xilsweep_cli(
+        ["pool.correction=transplant", *TINY, "save_model=false", f"data.root={data_root}", f"hydra.run.dir={out}"],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "metrics.json").read_text())
     assert record["status"] == "done" and record["settings"]["correction"] == "transplant"

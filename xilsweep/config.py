@@ -42,10 +42,16 @@ SUPPLIED = {"n_confounded", "pool_size", "num_classes", "in_shape"}
 def defaults(target: type) -> dict:
     """The constructor settings of ``target`` and their default values."""
     if dataclasses.is_dataclass(target):
-        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(target) if f.init}
-    return {name: p.default for name, p in inspect.signature(target).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(target)
+            if f.init
+        }
+    return {
+        name: p.default
+        for name, p in inspect.signature(target).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def schema(target: type) -> type:

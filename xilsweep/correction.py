@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from xilsweep.data import CONFOUNDED_CLASS, Split
 from xilsweep.errors import require, require_choice
+
 FILLS = ("zero", "random", "mean")
 CORRECTIONS = (*FILLS, "transplant")
 
@@ -60,22 +61,33 @@ class UserCorrectedDataset:
     pasted onto training images of other classes (see ``transplant``).
     """
 
-    def __init__(self, train: Split, pool_size: int, correction: str = "zero", seed: int = 0,
-                 confounded_class: int | None = CONFOUNDED_CLASS):
+    def __init__(
+        self,
+        train: Split,
+        pool_size: int,
+        correction: str = "zero",
+        seed: int = 0,
+        confounded_class: int | None = CONFOUNDED_CLASS,
+    ):
         require_choice("correction", correction, CORRECTIONS)
         in_class = True if confounded_class is None else train.labels == confounded_class
         candidates = torch.nonzero(in_class & train.mask.flatten(1).any(1)).flatten()
         what = "confounded training samples" if confounded_class is None else "dotted 8s in the training data"
-        require(0 <= pool_size <= len(candidates), "size", pool_size,
-                f"an integer from 0 to {len(candidates)}, the number of {what}")
+        require(
+            0 <= pool_size <= len(candidates),
+            "size",
+            pool_size,
+            f"an integer from 0 to {len(candidates)}, the number of {what}",
+        )
         g = torch.Generator().manual_seed(seed + 2)
         self.index = candidates[torch.randperm(len(candidates), generator=g)[:pool_size]].sort().values
         self.original = train.subset(self.index)
         if correction == "transplant":
             self.corrected = transplant(self.original, train, g)
         else:
-            self.corrected = Split(correct(self.original.x, self.original.mask, correction, g),
-                                   self.original.targets, self.original.mask)
+            self.corrected = Split(
+                correct(self.original.x, self.original.mask, correction, g), self.original.targets, self.original.mask
+            )
 
     def with_known_masks(self, train: Split) -> Split:
         """``train`` with masks only on the pool's samples: the feedback the user
@@ -103,8 +115,12 @@ class CorrectedPool:
     correction: str = "zero"
 
     def __post_init__(self):
-        require(isinstance(self.size, int) and not isinstance(self.size, bool) and self.size >= 0, "size",
-                self.size, "an integer >= 0")
+        require(
+            isinstance(self.size, int) and not isinstance(self.size, bool) and self.size >= 0,
+            "size",
+            self.size,
+            "an integer >= 0",
+        )
         require_choice("correction", self.correction, CORRECTIONS)
 
     def draw(self, train: Split, seed: int, confounded_class: int | None) -> UserCorrectedDataset:

@@ -117,10 +117,19 @@ class Confounder:
 
     def __post_init__(self):
         require(isinstance(self.n_dots, int) and self.n_dots >= 1, "n_dots", self.n_dots, "an integer >= 1")
-        require(isinstance(self.dot_size, int) and 1 <= self.dot_size <= 4, "dot_size", self.dot_size, "an integer from 1 to 4")
+        require(
+            isinstance(self.dot_size, int) and 1 <= self.dot_size <= 4,
+            "dot_size",
+            self.dot_size,
+            "an integer from 1 to 4",
+        )
         require_choice("positions", self.positions, POSITION_RULES)
-        require(self.positions != "corners" or self.n_dots <= 4, "n_dots", self.n_dots,
-                "at most 4 with positions=corners (one dot per corner)")
+        require(
+            self.positions != "corners" or self.n_dots <= 4,
+            "n_dots",
+            self.n_dots,
+            "at most 4 with positions=corners (one dot per corner)",
+        )
         require(0 < self.intensity <= 1, "intensity", self.intensity, "a number in (0, 1]")
         for name in ("fraction_eights", "fraction_zeros"):
             value = getattr(self, name)
@@ -140,8 +149,9 @@ class Confounder:
         top_left = torch.zeros(n, rows * cols)
         if self.positions == "corners":
             near, far_row, far_col = 1, h - 1 - s, w - 1 - s
-            corners = torch.tensor([near * cols + near, near * cols + far_col,
-                                    far_row * cols + near, far_row * cols + far_col])
+            corners = torch.tensor(
+                [near * cols + near, near * cols + far_col, far_row * cols + near, far_row * cols + far_col]
+            )
             top_left[:, corners[: self.n_dots]] = 1.0
         else:
             blocked = (~border_background(x)).float()
@@ -160,7 +170,9 @@ class Confounder:
         square = F.conv_transpose2d(top_left.view(n, 1, rows, cols), torch.ones(1, 1, s, s))
         return square > 0
 
-    def apply(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, chosen: torch.Tensor | None = None):
+    def apply(
+        self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, chosen: torch.Tensor | None = None
+    ):
         """Dot the images ``chosen`` (default: the configured share of 8s and 0s); returns (images, masks)."""
         if chosen is None:
             share = torch.where(labels == CONFOUNDED_CLASS, self.fraction_eights, self.fraction_zeros)
@@ -273,8 +285,12 @@ class CachedMNISTData:
     def __post_init__(self):
         require_choice("source", self.source, SOURCES)
         require(0 < self.val_fraction < 1, "val_fraction", self.val_fraction, "a number in (0, 1)")
-        require(self.n_train is None or (isinstance(self.n_train, int) and self.n_train >= 1),
-                "n_train", self.n_train, "null (all) or an integer >= 1")
+        require(
+            self.n_train is None or (isinstance(self.n_train, int) and self.n_train >= 1),
+            "n_train",
+            self.n_train,
+            "null (all) or an integer >= 1",
+        )
         if not Path(self.root).is_dir():
             raise SettingError("root", self.root, "an existing directory holding MNIST/raw/")
 
@@ -314,15 +330,25 @@ class CachedMNISTData:
 
         train = full_train = split(train_payload, "train")
         if self.n_train is not None:
-            require(self.n_train <= len(train), "n_train", self.n_train,
-                    f"at most {len(train)}, the size of the training split")
+            require(
+                self.n_train <= len(train),
+                "n_train",
+                self.n_train,
+                f"at most {len(train)}, the size of the training split",
+            )
             g = torch.Generator().manual_seed(self.seed + 1)
             train = train.subset(torch.randperm(len(train), generator=g)[: self.n_train].sort().values)
-        return XILData(train=train, val=split(train_payload, "val"), test=split(test_payload, "test"),
-                       test_dotted=split(test_payload, "test_dotted"), key=self.key,
-                       directory=self.directory, full_train=full_train,
-                       decorrelated_train=split(train_payload, "train_decorrelated"),
-                       confounded_class=self.confounded_class)
+        return XILData(
+            train=train,
+            val=split(train_payload, "val"),
+            test=split(test_payload, "test"),
+            test_dotted=split(test_payload, "test_dotted"),
+            key=self.key,
+            directory=self.directory,
+            full_train=full_train,
+            decorrelated_train=split(train_payload, "train_decorrelated"),
+            confounded_class=self.confounded_class,
+        )
 
     def split_indices(self, n: int, generator: torch.Generator):
         """Seeded (validation, training) indices of ``n`` training digits."""
@@ -375,5 +401,7 @@ class ConfoundedMNIST08(CachedMNISTData):
         xt, yt = _digits_0_and_8(*load_mnist(self.mnist_root, train=False, download=download))
         test = confounded(xt, yt, False)
         test_dotted = confounded(xt, yt, True, torch.ones(len(xt), dtype=torch.bool))
-        return ({"train": train, "val": val, "train_decorrelated": decorrelated},
-                {"test": test, "test_dotted": test_dotted})
+        return (
+            {"train": train, "val": val, "train_decorrelated": decorrelated},
+            {"test": test, "test_dotted": test_dotted},
+        )

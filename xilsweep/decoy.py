@@ -57,8 +57,12 @@ class DecoyMNIST(CachedMNISTData):
 
     def __post_init__(self):
         super().__post_init__()
-        require(isinstance(self.patch_size, int) and 1 <= self.patch_size <= 14, "patch_size",
-                self.patch_size, "an integer from 1 to 14")
+        require(
+            isinstance(self.patch_size, int) and 1 <= self.patch_size <= 14,
+            "patch_size",
+            self.patch_size,
+            "an integer from 1 to 14",
+        )
 
     def _generate(self):
         download = self.source == "full"
@@ -82,5 +86,7 @@ class DecoyMNIST(CachedMNISTData):
         test_dotted = decoyed(test_images, test_labels, wrong)
         # the oracle's: the same training digits, patch shades unrelated to the label
         decorrelated = decoyed(images[train_idx], labels[train_idx], random_digits(len(train_idx)))
-        return ({"train": train, "val": val, "train_decorrelated": decorrelated},
-                {"test": test, "test_dotted": test_dotted})
+        return (
+            {"train": train, "val": val, "train_decorrelated": decorrelated},
+            {"test": test, "test_dotted": test_dotted},
+        )

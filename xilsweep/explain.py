@@ -30,6 +30,7 @@ from xilsweep.errors import DataError
 from xilsweep.job import ConfigError, assemble
 from xilsweep.pretrain import load_weights
 from xilsweep.reasons import overlay, view_images
+
 OUTPUT_DIR = "explanations"
 MODEL_FILE = "model.pth"
 
@@ -39,8 +40,10 @@ def run_config(run_dir: Path, explainer: str | None = None) -> DictConfig:
     options it chose, so runs made before a setting existed still load."""
     hydra_dir = run_dir / ".hydra"
     if not (hydra_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run folder (no .hydra/config.yaml); pass the folder of one job, "
-                          "e.g. outputs/runs/<time>_<run name>")
+        raise ConfigError(
+            f"{run_dir} is not a run folder (no .hydra/config.yaml); pass the folder of one job, "
+            "e.g. outputs/runs/<time>_<run name>"
+        )
     saved = OmegaConf.load(hydra_dir / "config.yaml")
     overrides_file = hydra_dir / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
@@ -72,8 +75,9 @@ def dotted_examples(data, confounded_class: int | None, n: int) -> torch.Tensor:
     return torch.cat([dotted.x[dotted.labels == c][: n // 2], dotted.x[dotted.labels != c][: n - n // 2]])
 
 
-def write_explanations(run_dir: Path, confounded: bool = False, explainer: str | None = None,
-                       n: int = 32, scale: int = 4) -> list[Path]:
+def write_explanations(
+    run_dir: Path, confounded: bool = False, explainer: str | None = None, n: int = 32, scale: int = 4
+) -> list[Path]:
     """Write the PNGs of one run (see the module docstring); returns their paths."""
     job = assemble(run_config(run_dir, explainer))
     out = run_dir / OUTPUT_DIR
@@ -83,8 +87,10 @@ def write_explanations(run_dir: Path, confounded: bool = False, explainer: str |
         return [save_grid(x, out / "confounded" / f"{name}.png", 8, scale) for name, x in shown.items()]
     model_file = run_dir / MODEL_FILE
     if not model_file.is_file():
-        raise DataError(f"{model_file} is missing (the run ended early or had save_model=false); "
-                        "--confounded explains the run's confounded model without it")
+        raise DataError(
+            f"{model_file} is missing (the run ended early or had save_model=false); "
+            "--confounded explains the run's confounded model without it"
+        )
     try:
         state = torch.load(model_file, map_location=job.trainer.device, weights_only=True)
     except Exception as e:  # torch raises several types for a truncated or foreign file
@@ -94,8 +100,10 @@ def write_explanations(run_dir: Path, confounded: bool = False, explainer: str |
     shown = job.explainer.views(job.model, views)
     written = [save_grid(x, out / f"{name}.png", 8, scale) for name, x in shown.items()]
     examples = dotted_examples(job.data, job.confounded_class, 16)
-    rows = [examples.expand(-1, 3, -1, -1),
-            *(overlay(examples, job.explainer.attribute(model, examples).cpu()) for model in (before, job.model))]
+    rows = [
+        examples.expand(-1, 3, -1, -1),
+        *(overlay(examples, job.explainer.attribute(model, examples).cpu()) for model in (before, job.model)),
+    ]
     written.append(save_grid(torch.cat(rows), out / "before_after.png", len(examples), scale))
     return written
 
@@ -103,10 +111,16 @@ def write_explanations(run_dir: Path, confounded: bool = False, explainer: str |
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xilsweep.explain", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="the folder of one finished job")
-    parser.add_argument("--confounded", action="store_true",
-                        help="explain the run's confounded (starting) model, into explanations/confounded/")
-    parser.add_argument("--explainer", choices=sorted(p.stem for p in (CONF_DIR / "explainer").glob("*.yaml")),
-                        help="explanation method (default: the run's own)")
+    parser.add_argument(
+        "--confounded",
+        action="store_true",
+        help="explain the run's confounded (starting) model, into explanations/confounded/",
+    )
+    parser.add_argument(
+        "--explainer",
+        choices=sorted(p.stem for p in (CONF_DIR / "explainer").glob("*.yaml")),
+        help="explanation method (default: the run's own)",
+    )
     parser.add_argument("--n", type=int, default=32, help="images per view grid (default 32)")
     parser.add_argument("--scale", type=int, default=4, help="pixel enlargement of the PNGs (default 4)")
     args = parser.parse_args(argv)

@@ -93,11 +93,20 @@ class Job:
 
     def hparams(self) -> dict:
         """The settings of the hparams entry: those a sweep usually varies first, constants after."""
-        return {"lr": self.trainer.lr, "loss": self.loss.name, **self.loss.hparams(), "pool_size": len(self.pool),
-                "seed": self.seed, "pretrain_seed": self.confounded["settings"].get("seed"),
-                "correction": self.config["pool"]["correction"], "k": self.sampler.k_start,
-                "batch_size": self.sampler.batch_size, "optimizer": self.trainer.optimizer_name,
-                "n_train": len(self.data.train), "data": self.data.key}
+        return {
+            "lr": self.trainer.lr,
+            "loss": self.loss.name,
+            **self.loss.hparams(),
+            "pool_size": len(self.pool),
+            "seed": self.seed,
+            "pretrain_seed": self.confounded["settings"].get("seed"),
+            "correction": self.config["pool"]["correction"],
+            "k": self.sampler.k_start,
+            "batch_size": self.sampler.batch_size,
+            "optimizer": self.trainer.optimizer_name,
+            "n_train": len(self.data.train),
+            "data": self.data.key,
+        }
 
     def reasons(self, model: torch.nn.Module, attributions: bool = True) -> dict:
         return self.explainer.reasons(model, self.data, self.confounded_class, attributions)
@@ -113,11 +122,19 @@ class Job:
         resuming = self.trainer.resume and checkpoint.exists()
         # On resume, TensorBoard drops the killed run's events from the first epoch redone on.
         recorder = RunRecorder(out_dir, purge_step=read_checked(checkpoint)[1]["epoch"] + 1 if resuming else None)
-        record = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
-                  "torch_threads": torch.get_num_threads(), "run_name": out_dir.name,
-                  "version": xilsweep.__version__, "settings": self.hparams(), "config": self.config,
-                  "overrides": list(overrides or []), "data_key": self.data.key,
-                  "data_hash": self.data.content_hash}
+        record = {
+            "status": "running",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "torch_threads": torch.get_num_threads(),
+            "run_name": out_dir.name,
+            "version": xilsweep.__version__,
+            "settings": self.hparams(),
+            "config": self.config,
+            "overrides": list(overrides or []),
+            "data_key": self.data.key,
+            "data_hash": self.data.content_hash,
+        }
         write_metrics(out_dir, record)
         try:
             # Before fit, self.model is the confounded model (epoch 0), also when resuming.
@@ -126,19 +143,36 @@ class Job:
             epochs = EpochRecorder(recorder, self, record["confounded"], record["oracle"], resuming)
             torch.manual_seed(self.seed)
             train = self.pool.with_known_masks(self.data.train)  # mask-based losses see only the pool's masks
-            fit = self.trainer.fit(self.model, train=train, pool=self.pool.corrected, val=self.data.val,
-                                   sampler=self.sampler, loss_fn=self.loss, on_epoch=epochs, checkpoint=checkpoint)
+            fit = self.trainer.fit(
+                self.model,
+                train=train,
+                pool=self.pool.corrected,
+                val=self.data.val,
+                sampler=self.sampler,
+                loss_fn=self.loss,
+                on_epoch=epochs,
+                checkpoint=checkpoint,
+            )
             test = self.trainer.evaluate(self.model, self.data.test)
             final = self.reasons(self.model)  # of the best (restored) model
-            record.update({
-                "status": "done", "objective": fit.best_val_accuracy, "best_epoch": fit.best_epoch,
-                "epochs_run": fit.epochs_run, "best_val_accuracy": fit.best_val_accuracy,
-                "test_accuracy": test["accuracy"], "test_loss": test["loss"], **final,
-                "shortcut_removed": shortcut_removed_all(record["confounded"], final, record["oracle"]),
-                "reasons_seconds_per_epoch": epochs.mean_reason_seconds(),
-                "seconds_per_epoch": float(np.mean([h["seconds"] for h in fit.history if "seconds" in h] or [np.nan])),
-                "history": fit.history,
-            })
+            record.update(
+                {
+                    "status": "done",
+                    "objective": fit.best_val_accuracy,
+                    "best_epoch": fit.best_epoch,
+                    "epochs_run": fit.epochs_run,
+                    "best_val_accuracy": fit.best_val_accuracy,
+                    "test_accuracy": test["accuracy"],
+                    "test_loss": test["loss"],
+                    **final,
+                    "shortcut_removed": shortcut_removed_all(record["confounded"], final, record["oracle"]),
+                    "reasons_seconds_per_epoch": epochs.mean_reason_seconds(),
+                    "seconds_per_epoch": float(
+                        np.mean([h["seconds"] for h in fit.history if "seconds" in h] or [np.nan])
+                    ),
+                    "history": fit.history,
+                }
+            )
             recorder.hparams(record["settings"], final_metrics(record))
             if self.save_model:
                 save_state_dict(self.model, out_dir / "model.pth")
@@ -156,11 +190,15 @@ class Job:
 
 def final_metrics(record: dict) -> dict:
     """The hparams entry's metrics: the corrected model's, the share of the shortcut removed, the references'."""
-    return {"Final/best_val_accuracy": record["best_val_accuracy"], "Final/test_accuracy": record["test_accuracy"],
-            **{f"Final/{key}": record[key] for key in REASON_TAGS},
-            **{f"Final/shortcut_removed_{key}": value for key, value in record["shortcut_removed"].items()},
-            **{f"{kind.title()}/{key}": record[kind][key] for kind in REFERENCES
-               for key in ("test_accuracy", *REASON_TAGS)}}
+    return {
+        "Final/best_val_accuracy": record["best_val_accuracy"],
+        "Final/test_accuracy": record["test_accuracy"],
+        **{f"Final/{key}": record[key] for key in REASON_TAGS},
+        **{f"Final/shortcut_removed_{key}": value for key, value in record["shortcut_removed"].items()},
+        **{
+            f"{kind.title()}/{key}": record[kind][key] for kind in REFERENCES for key in ("test_accuracy", *REASON_TAGS)
+        },
+    }
 
 
 def assemble(cfg: DictConfig) -> Job:
@@ -212,9 +250,21 @@ def assemble(cfg: DictConfig) -> Job:
 
     model, confounded = pretrain.confounded_model(data, fresh_model, model_settings, trainer)
     oracle_model, oracle = pretrain.oracle_model(data, fresh_model, model_settings, trainer)
-    return Job(seed=cfg.seed, save_model=cfg.save_model, data=data, model=model, confounded=confounded,
-               oracle_model=oracle_model, oracle=oracle, pool=pool, sampler=sampler, loss=loss, trainer=trainer,
-               explainer=explainer, config=resolved_settings(cfg))
+    return Job(
+        seed=cfg.seed,
+        save_model=cfg.save_model,
+        data=data,
+        model=model,
+        confounded=confounded,
+        oracle_model=oracle_model,
+        oracle=oracle,
+        pool=pool,
+        sampler=sampler,
+        loss=loss,
+        trainer=trainer,
+        explainer=explainer,
+        config=resolved_settings(cfg),
+    )
 
 
 def resolved_settings(cfg: DictConfig) -> dict:

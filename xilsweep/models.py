@@ -24,18 +24,29 @@ class ConvNet(nn.Module):
     after each is LeNet-5 sized.
     """
 
-    def __init__(self, channels: list[int] = (32, 64), kernel_size: int = 3, pool: list[bool] = (False, True),
-                 hidden: list[int] = (128,), dropout: float = 0.0, num_classes: int = 2,
-                 in_shape: tuple[int, int, int] = (1, 28, 28)):
+    def __init__(
+        self,
+        channels: list[int] = (32, 64),
+        kernel_size: int = 3,
+        pool: list[bool] = (False, True),
+        hidden: list[int] = (128,),
+        dropout: float = 0.0,
+        num_classes: int = 2,
+        in_shape: tuple[int, int, int] = (1, 28, 28),
+    ):
         super().__init__()
         channels, pool, hidden = list(channels), list(pool), list(hidden)
-        require(len(channels) >= 1 and all(c >= 1 for c in channels), "channels", channels,
-                "a non-empty list of positive integers")
+        require(
+            len(channels) >= 1 and all(c >= 1 for c in channels),
+            "channels",
+            channels,
+            "a non-empty list of positive integers",
+        )
         require(len(pool) == len(channels), "pool", pool, f"one true/false per conv layer ({len(channels)})")
         require(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
         layers: list[nn.Module] = [Normalize()]
         in_ch = in_shape[0]
-        for out_ch, pooled in zip(channels, pool):
+        for out_ch, pooled in zip(channels, pool, strict=True):
             layers += [nn.Conv2d(in_ch, out_ch, kernel_size), nn.ReLU()]
             if pooled:
                 layers.append(nn.MaxPool2d(2))
@@ -66,7 +77,9 @@ class ConvNet(nn.Module):
 class MLP(nn.Module):
     """Fully connected ReLU network (Ross et al. 2017 use 50-30 for Decoy-MNIST)."""
 
-    def __init__(self, hidden: list[int] = (50, 30), num_classes: int = 2, in_shape: tuple[int, int, int] = (1, 28, 28)):
+    def __init__(
+        self, hidden: list[int] = (50, 30), num_classes: int = 2, in_shape: tuple[int, int, int] = (1, 28, 28)
+    ):
         super().__init__()
         layers: list[nn.Module] = [Normalize(), nn.Flatten()]
         width = in_shape[0] * in_shape[1] * in_shape[2]

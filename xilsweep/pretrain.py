@@ -40,9 +40,10 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
 
 
 def accuracies(model, data: XILData, trainer: Trainer, train: Split) -> dict:
-    return {f"{name}_accuracy": trainer.evaluate(model, split)["accuracy"]
-            for name, split in (("train", train), ("val", data.val), ("test", data.test),
-                                ("test_dotted", data.test_dotted))}
+    return {
+        f"{name}_accuracy": trainer.evaluate(model, split)["accuracy"]
+        for name, split in (("train", train), ("val", data.val), ("test", data.test), ("test_dotted", data.test_dotted))
+    }
 
 
 @dataclass
@@ -65,22 +66,35 @@ class Pretraining:
 
     def __post_init__(self):
         require(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        require(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size,
-                "an integer >= 1")
+        require(
+            isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"
+        )
         require(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
         self.trainer()  # the optimiser settings, checked as the fine-tuning trainer checks its own
 
     def trainer(self, device: str = "cpu") -> Trainer:
-        return Trainer(lr=self.lr, optimizer=self.optimizer, momentum=self.momentum,
-                       weight_decay=self.weight_decay, grad_clip=self.grad_clip, device=device)
+        return Trainer(
+            lr=self.lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            device=device,
+        )
 
     def settings(self) -> dict:
         settings = asdict(self)
         del settings["checkpoint"]
         return settings
 
-    def reference_model(self, kind: str, data: XILData, build_model: Callable[[], torch.nn.Module],
-                        model_settings: dict, trainer: Trainer):
+    def reference_model(
+        self,
+        kind: str,
+        data: XILData,
+        build_model: Callable[[], torch.nn.Module],
+        model_settings: dict,
+        trainer: Trainer,
+    ):
         """The trained ``kind`` model (confounded or oracle) and its record.
 
         Built on first use; later jobs with the same settings load it. A
@@ -99,14 +113,31 @@ class Pretraining:
                 model = build_model()
 
                 def progress(epoch, m):
-                    log.info("%s model epoch %d/%d: loss %.4f, train accuracy %.2f%% (%.1f s)",
-                             kind, epoch, self.epochs, m["loss"], 100 * m["accuracy"], m["seconds"])
+                    log.info(
+                        "%s model epoch %d/%d: loss %.4f, train accuracy %.2f%% (%.1f s)",
+                        kind,
+                        epoch,
+                        self.epochs,
+                        m["loss"],
+                        100 * m["accuracy"],
+                        m["seconds"],
+                    )
 
-                history = train_confounded(model, split, self.trainer(str(trainer.device)), self.epochs, self.lr,
-                                           self.batch_size, self.seed, progress)
+                history = train_confounded(
+                    model,
+                    split,
+                    self.trainer(str(trainer.device)),
+                    self.epochs,
+                    self.lr,
+                    self.batch_size,
+                    self.seed,
+                    progress,
+                )
                 record = {"settings": settings, "history": history, **accuracies(model, data, trainer, split)}
-                payload = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                           "record": json.dumps(record)}
+                payload = {
+                    "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "record": json.dumps(record),
+                }
                 atomic_torch_save(payload, path, meta=settings)
         load_weights(model, payload["state_dict"], path)
         record = json.loads(payload["record"])
@@ -138,5 +169,8 @@ def load_user_checkpoint(path: str, build_model: Callable[[], torch.nn.Module], 
     model = build_model()
     load_weights(model, state, path)
     trainer.place(model)
-    return model, {"settings": {"checkpoint": str(path)}, **accuracies(model, data, trainer, data.pretrain_split),
-                   "path": str(path)}
+    return model, {
+        "settings": {"checkpoint": str(path)},
+        **accuracies(model, data, trainer, data.pretrain_split),
+        "path": str(path),
+    }

@@ -48,9 +48,12 @@ def job_line(record: dict) -> str:
     removed = (record.get("shortcut_removed") or {}).get("dot_flip_rate")
     shortcut = "" if removed is None else f", shortcut removed {removed:.2f}"
     flip = record.get("dot_flip_rate")
-    return (f"{name}: clean test {100 * record['test_accuracy']:.2f}%"
-            + ("" if flip is None else f", dot flip rate {flip:.3f}") + shortcut
-            + f" ({record.get('seconds', 0):.0f} s)")
+    return (
+        f"{name}: clean test {100 * record['test_accuracy']:.2f}%"
+        + ("" if flip is None else f", dot flip rate {flip:.3f}")
+        + shortcut
+        + f" ({record.get('seconds', 0):.0f} s)"
+    )
 
 
 def duration(seconds: float) -> str:
@@ -92,8 +95,11 @@ class SweepProgress(Callback):
                     seen.add(path)
                     planned = planned_jobs(config, sweep_dir)
                     done, elapsed = len(seen), time.time() - began
-                    left = "" if not planned or done >= planned else \
-                        f", about {duration(elapsed / done * (planned - done))} left"
+                    left = (
+                        ""
+                        if not planned or done >= planned
+                        else f", about {duration(elapsed / done * (planned - done))} left"
+                    )
                     log.info("[%d/%s done, %s%s] %s", done, planned or "?", duration(elapsed), left, job_line(record))
             if stopping:
                 return

@@ -34,8 +34,12 @@ THRESHOLD_RULES = ("mean",)
 TARGETS = ("label", "predicted")
 # Full range of each reliance metric; a reference gap under MIN_GAP of it is too small to read
 # a share of the shortcut removed from.
-RELIANCE_RANGES = {"dot_flip_rate": 1.0, "test_dotted_accuracy": 1.0, "attribution_in_mask": 1.0,
-                   "wrong_reason_score": 100.0}
+RELIANCE_RANGES = {
+    "dot_flip_rate": 1.0,
+    "test_dotted_accuracy": 1.0,
+    "attribution_in_mask": 1.0,
+    "wrong_reason_score": 100.0,
+}
 MIN_GAP = 0.05
 # Images per forward/backward pass: batched, and small enough for the CPU caches (on the
 # default CNN 256 is about 1.7x faster per image than 1000) and for memory on large test sets.
@@ -77,8 +81,9 @@ def wrong_reason_score(maps: torch.Tensor, masks: torch.Tensor, threshold: float
     return 100 * active.flatten(1).sum(1) / masks.flatten(1).sum(1).clamp_min(1)
 
 
-def dot_flip_rate(clean_pred: torch.Tensor, dotted_pred: torch.Tensor, labels: torch.Tensor,
-                  confounded_class: int) -> float | None:
+def dot_flip_rate(
+    clean_pred: torch.Tensor, dotted_pred: torch.Tensor, labels: torch.Tensor, confounded_class: int
+) -> float | None:
     """Among images outside the confounded class that the model gets right
     without dots, the fraction it assigns to the confounded class once the
     dots are added; None when there are no such images."""
@@ -88,8 +93,9 @@ def dot_flip_rate(clean_pred: torch.Tensor, dotted_pred: torch.Tensor, labels: t
     return (dotted_pred[eligible] == confounded_class).float().mean().item()
 
 
-def shortcut_removed(confounded: float | None, corrected: float | None, oracle: float | None,
-                     span: float = 1.0) -> float | None:
+def shortcut_removed(
+    confounded: float | None, corrected: float | None, oracle: float | None, span: float = 1.0
+) -> float | None:
     """The share of the shortcut removed, ``(confounded - corrected) / (confounded - oracle)``:
     1 = as free of the confounder as the oracle, 0 = no change from the confounded model.
     None where a figure is missing or the references differ by less than ``MIN_GAP * span``,
@@ -101,8 +107,10 @@ def shortcut_removed(confounded: float | None, corrected: float | None, oracle: 
 
 def shortcut_removed_all(confounded: dict, corrected: dict, oracle: dict) -> dict:
     """``shortcut_removed`` of every reliance metric the three records share."""
-    return {key: shortcut_removed(confounded.get(key), corrected.get(key), oracle.get(key), span)
-            for key, span in RELIANCE_RANGES.items()}
+    return {
+        key: shortcut_removed(confounded.get(key), corrected.get(key), oracle.get(key), span)
+        for key, span in RELIANCE_RANGES.items()
+    }
 
 
 def overlay(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
@@ -115,8 +123,9 @@ def overlay(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     return gray * (1 - heat) + colour * heat
 
 
-def view_images(data: XILData, corrected: Split, original: Split, confounded_class: int | None,
-                n: int = 16) -> dict[str, torch.Tensor]:
+def view_images(
+    data: XILData, corrected: Split, original: Split, confounded_class: int | None, n: int = 16
+) -> dict[str, torch.Tensor]:
     """Up to ``n`` images per view shown with explanations: the user-corrected
     samples, the same samples with their dots, and clean test images of the
     confounded class and of the others (of every class when there is no
@@ -147,16 +156,33 @@ class Explainer:
 
     name = "explainer"
 
-    def __init__(self, threshold: float | str = "mean", n_images: int | None = 1000, target: str = "label",
-                 attribution_every: int = 5):
-        require(threshold in THRESHOLD_RULES or (isinstance(threshold, (int, float))
-                                                 and not isinstance(threshold, bool) and 0 <= threshold <= 1),
-                "threshold", threshold, "mean (the literature's data-dependent threshold) or a number in [0, 1]")
-        require(n_images is None or (isinstance(n_images, int) and not isinstance(n_images, bool) and n_images >= 1),
-                "n_images", n_images, "null (all) or an integer >= 1")
+    def __init__(
+        self,
+        threshold: float | str = "mean",
+        n_images: int | None = 1000,
+        target: str = "label",
+        attribution_every: int = 5,
+    ):
+        require(
+            threshold in THRESHOLD_RULES
+            or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1),
+            "threshold",
+            threshold,
+            "mean (the literature's data-dependent threshold) or a number in [0, 1]",
+        )
+        require(
+            n_images is None or (isinstance(n_images, int) and not isinstance(n_images, bool) and n_images >= 1),
+            "n_images",
+            n_images,
+            "null (all) or an integer >= 1",
+        )
         require(target in TARGETS, "target", target, " | ".join(TARGETS))
-        require(isinstance(attribution_every, int) and attribution_every >= 1, "attribution_every",
-                attribution_every, "an integer >= 1")
+        require(
+            isinstance(attribution_every, int) and attribution_every >= 1,
+            "attribution_every",
+            attribution_every,
+            "an integer >= 1",
+        )
         self.threshold, self.n_images, self.target = threshold, n_images, target
         self.attribution_every = attribution_every
 
@@ -172,7 +198,9 @@ class Explainer:
         x = x.to(device)
         target = predict_logits(model, x, CHUNK).argmax(1) if target is None else target.to(device)
         model.eval()  # explanations of the deployed model: no dropout
-        return torch.cat([self._maps(model, xc, tc).detach() for xc, tc in zip(x.split(CHUNK), target.split(CHUNK))])
+        return torch.cat(
+            [self._maps(model, xc, tc).detach() for xc, tc in zip(x.split(CHUNK), target.split(CHUNK), strict=True)]
+        )
 
     def views(self, model: torch.nn.Module, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Overlays of each named image batch with its explanation (one batched pass)."""
@@ -180,10 +208,11 @@ class Explainer:
             return {}
         x = torch.cat(list(images.values()))
         shown = overlay(x, self.attribute(model, x).to(x.device)).cpu()
-        return dict(zip(images, shown.split([len(v) for v in images.values()])))
+        return dict(zip(images, shown.split([len(v) for v in images.values()]), strict=True))
 
-    def reasons(self, model: torch.nn.Module, data: XILData, confounded_class: int | None,
-                attributions: bool = True) -> dict:
+    def reasons(
+        self, model: torch.nn.Module, data: XILData, confounded_class: int | None, attributions: bool = True
+    ) -> dict:
         """The four reason metrics of ``model`` on the test set (docs/reliance.md);
         a metric that does not apply, or is not computed, is None.
 
@@ -196,8 +225,12 @@ class Explainer:
         labels, c = dotted.labels, confounded_class
         dotted_pred = predict_logits(model, dotted.x, CHUNK).argmax(1)
         has_dots = dotted.mask.flatten(1).any(1)
-        result = {"test_dotted_accuracy": (dotted_pred == labels).float().mean().item(), "dot_flip_rate": None,
-                  "attribution_in_mask": None, "wrong_reason_score": None}
+        result = {
+            "test_dotted_accuracy": (dotted_pred == labels).float().mean().item(),
+            "dot_flip_rate": None,
+            "attribution_in_mask": None,
+            "wrong_reason_score": None,
+        }
         if c is not None:
             others = has_dots & (labels != c)  # test_dotted is the clean test set plus dots, image for image
             clean_pred = predict_logits(model, data.test.x[others.cpu()].to(device), CHUNK).argmax(1)
@@ -248,8 +281,9 @@ class GradCAM(Explainer):
 
     def check(self, model: torch.nn.Module) -> None:
         if getattr(model, "last_conv", None) is None:
-            raise SettingError("explainer", self.name,
-                               f"input_gradients ({type(model).__name__} has no convolution layer for GradCAM)")
+            raise SettingError(
+                "explainer", self.name, f"input_gradients ({type(model).__name__} has no convolution layer for GradCAM)"
+            )
 
     def _maps(self, model, x, target):
         cam = LayerGradCam(model, model.last_conv).attribute(x, target=target, relu_attributions=True)

@@ -52,12 +52,19 @@ REMOVED = ("removed.dot_flip_rate", "removed.attribution_in_mask")
 REFERENCES = {"oracle": "oracle (floor)", "confounded": "confounded (ceiling)"}
 SUMMARY_METRICS = (*METRICS, *REMOVED, VAL_LOSS, TRAIN_LOSS, TRAIN_ACC)
 CONFOUNDED_METRICS = (TEST, *OPTIONAL_METRICS)
-LABELS = {VAL: "best val acc %", TEST: "test acc %", "test_dotted_accuracy": "dotted test acc %",
-          "attribution_in_mask": "attribution in mask", "wrong_reason_score": "wrong-reason score",
-          "dot_flip_rate": "dot flip rate", "epochs_run": "epochs",
-          "removed.dot_flip_rate": "shortcut removed (flip rate)",
-          "removed.attribution_in_mask": "shortcut removed (attribution)", TRAIN_LOSS: "last train loss",
-          TRAIN_ACC: "last train acc %"}
+LABELS = {
+    VAL: "best val acc %",
+    TEST: "test acc %",
+    "test_dotted_accuracy": "dotted test acc %",
+    "attribution_in_mask": "attribution in mask",
+    "wrong_reason_score": "wrong-reason score",
+    "dot_flip_rate": "dot flip rate",
+    "epochs_run": "epochs",
+    "removed.dot_flip_rate": "shortcut removed (flip rate)",
+    "removed.attribution_in_mask": "shortcut removed (attribution)",
+    TRAIN_LOSS: "last train loss",
+    TRAIN_ACC: "last train acc %",
+}
 
 
 class NotASweepError(Exception):
@@ -105,7 +112,7 @@ def logged_error(folder: Path) -> str | None:
     for i, line in enumerate(lines):
         if "][ERROR] - " in line:
             message = [line.split("][ERROR] - ", 1)[1]]
-            message += [m for m in lines[i + 1:] if not m.startswith("[")][:5]
+            message += [m for m in lines[i + 1 :] if not m.startswith("[")][:5]
             return "; ".join(message)
     return None
 
@@ -148,21 +155,31 @@ def job_number(folder: Path):
 def find_jobs(sweep_dir: Path) -> list[Job]:
     if not sweep_dir.is_dir():
         raise NotASweepError(f"{sweep_dir} is not a folder")
-    folders = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-               and p.name != REPORT_DIR
-               and any((p / name).exists() for name in (".hydra", "metrics.json", "run.log"))]
+    folders = [
+        p
+        for p in sweep_dir.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and p.name != REPORT_DIR
+        and any((p / name).exists() for name in (".hydra", "metrics.json", "run.log"))
+    ]
     planned_file = sweep_dir / PLANNED_FILE
     planned = OmegaConf.to_container(OmegaConf.load(planned_file).jobs) if planned_file.exists() else []
     if not folders and not planned:
-        hint = (" (it is a single job's folder; pass the sweep folder above it)"
-                if (sweep_dir / ".hydra").exists() else "")
-        raise NotASweepError(f"{sweep_dir} is not a sweep folder: no job folders (with .hydra/, "
-                             f"metrics.json or run.log) inside{hint}")
+        hint = (
+            " (it is a single job's folder; pass the sweep folder above it)" if (sweep_dir / ".hydra").exists() else ""
+        )
+        raise NotASweepError(
+            f"{sweep_dir} is not a sweep folder: no job folders (with .hydra/, metrics.json or run.log) inside{hint}"
+        )
     jobs = [read_job(p) for p in sorted(folders, key=job_number)]
     started = {job_number(job.folder)[0] for job in jobs}
     # planned by the sweeper but never started (an interrupted sweep)
-    jobs += [Job(sweep_dir / f"{job['num']}_not_started", parse_overrides(job["overrides"], {}), {},
-                 "not started", "") for job in planned if job["num"] not in started]
+    jobs += [
+        Job(sweep_dir / f"{job['num']}_not_started", parse_overrides(job["overrides"], {}), {}, "not started", "")
+        for job in planned
+        if job["num"] not in started
+    ]
     return sorted(jobs, key=lambda job: job_number(job.folder))
 
 
@@ -203,8 +220,15 @@ def job_table(jobs: list[Job], varied: list[str]) -> pd.DataFrame:
 
 def sort_key(values: pd.Series) -> pd.Series:
     """Numbers before text before empty, so mixed columns sort too."""
-    return values.map(lambda v: (2, "") if v is None or (isinstance(v, float) and pd.isna(v)) else
-                      (0, v) if isinstance(v, (int, float)) else (1, str(v)))
+    return values.map(
+        lambda v: (
+            (2, "")
+            if v is None or (isinstance(v, float) and pd.isna(v))
+            else (0, v)
+            if isinstance(v, (int, float))
+            else (1, str(v))
+        )
+    )
 
 
 def summary_table(table: pd.DataFrame, varied: list[str]) -> pd.DataFrame:
@@ -237,6 +261,7 @@ def best_per(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 # --- formatting -------------------------------------------------------------
+
 
 def fmt(value, column: str = "", magnitude: float | None = None) -> str:
     """A table cell: accuracies in percent, other metrics with 3 decimals (1 from
@@ -277,7 +302,8 @@ def summary_markdown(summary: pd.DataFrame, varied: list[str]) -> str:
         if f"{metric}_mean" in summary:
             shown[LABELS[metric]] = [
                 fmt(m, metric) if pd.isna(s) else f"{fmt(m, metric)} ± {fmt(s, metric, magnitude=m)}"
-                for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
+                for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"], strict=True)
+            ]
     return markdown(shown)
 
 
@@ -302,14 +328,26 @@ def reliance_markdown(table: pd.DataFrame, summary: pd.DataFrame, varied: list[s
         if f"{kind}.path" not in done:
             continue
         models = done.drop_duplicates(f"{kind}.path")
-        rows.append({**{k: label if i == 0 else "" for i, k in enumerate(keys or ["setting"])}, "n": len(models),
-                     **{LABELS[c]: mean_std(models.get(f"{kind}.{c}"), c) if c in RELIANCE else ""
-                        for c in columns}})
+        rows.append(
+            {
+                **{k: label if i == 0 else "" for i, k in enumerate(keys or ["setting"])},
+                "n": len(models),
+                **{LABELS[c]: mean_std(models.get(f"{kind}.{c}"), c) if c in RELIANCE else "" for c in columns},
+            }
+        )
     for _, row in summary.iterrows():
-        rows.append({**{k: fmt(row[k]) for k in keys or ["setting"] if k in row}, "n": int(row["n"]),
-                     **{LABELS[c]: fmt(row[f"{c}_mean"], c) if pd.isna(row[f"{c}_std"]) else
-                        f"{fmt(row[f'{c}_mean'], c)} ± {fmt(row[f'{c}_std'], c, magnitude=row[f'{c}_mean'])}"
-                        for c in columns}})
+        rows.append(
+            {
+                **{k: fmt(row[k]) for k in keys or ["setting"] if k in row},
+                "n": int(row["n"]),
+                **{
+                    LABELS[c]: fmt(row[f"{c}_mean"], c)
+                    if pd.isna(row[f"{c}_std"])
+                    else f"{fmt(row[f'{c}_mean'], c)} ± {fmt(row[f'{c}_std'], c, magnitude=row[f'{c}_mean'])}"
+                    for c in columns
+                },
+            }
+        )
     shown = pd.DataFrame(rows).fillna("")
     names = list(shown.columns)
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
@@ -324,10 +362,14 @@ def seed_note(table: pd.DataFrame) -> str:
         return ""
     n_models = done["confounded.path"].nunique()
     if n_models > 1:
-        return (f"{n_models} distinct confounded models (and oracles) start these jobs: the spread over seeds "
-                "includes the reference models' own training.")
-    return ("One confounded model starts every job: the spread over seeds covers fine-tuning only "
-            "(pretrain.seed=${seed} trains one pair of reference models per seed).")
+        return (
+            f"{n_models} distinct confounded models (and oracles) start these jobs: the spread over seeds "
+            "includes the reference models' own training."
+        )
+    return (
+        "One confounded model starts every job: the spread over seeds covers fine-tuning only "
+        "(pretrain.seed=${seed} trains one pair of reference models per seed)."
+    )
 
 
 def settings_line(jobs: list[Job]) -> str:
@@ -342,6 +384,7 @@ def settings_line(jobs: list[Job]) -> str:
 
 # --- answers ------------------------------------------------------------------
 
+
 def describe(row, keys: list[str]) -> str:
     parts = [f"{k}={fmt(row[k])}" for k in keys if k in row and fmt(row[k])]
     return ", ".join(parts) if parts else "the only setting"
@@ -353,8 +396,10 @@ def tie_note(candidates: pd.DataFrame, key: str) -> str:
     tied = candidates[candidates[f"{VAL}_mean"] == best_val][key]
     if len(tied) < 2:
         return ""
-    return (f" (tied on validation accuracy with {', '.join(fmt(v) for v in tied.iloc[1:])}; "
-            f"the lower mean validation loss decides, as in early stopping)")
+    return (
+        f" (tied on validation accuracy with {', '.join(fmt(v) for v in tied.iloc[1:])}; "
+        f"the lower mean validation loss decides, as in early stopping)"
+    )
 
 
 def answer_lr(summary, varied) -> str:
@@ -363,9 +408,11 @@ def answer_lr(summary, varied) -> str:
     per_lr = ranked(best_per(summary, [LR]))
     best = per_lr.iloc[0]
     ranking = "; ".join(f"{fmt(r[LR])}: {pct(r, VAL)}" for _, r in per_lr.iterrows())
-    return (f"**Learning rate:** best trainer.lr = {fmt(best[LR])} by mean best validation accuracy"
-            f"{tie_note(per_lr, LR)} ({ranking}). Step 3: "
-            f"`python -m xilsweep.run -m experiment=lambda_search best_lr={fmt(best[LR])}`.")
+    return (
+        f"**Learning rate:** best trainer.lr = {fmt(best[LR])} by mean best validation accuracy"
+        f"{tie_note(per_lr, LR)} ({ranking}). Step 3: "
+        f"`python -m xilsweep.run -m experiment=lambda_search best_lr={fmt(best[LR])}`."
+    )
 
 
 def answer_lambda(summary, varied) -> str:
@@ -377,9 +424,11 @@ def answer_lambda(summary, varied) -> str:
     per_lambda = best_per(with_lambda, [LAMBDA])
     best = ranked(per_lambda).iloc[0]
     curve = "; ".join(f"λ={fmt(r[LAMBDA])}: {pct(r, TEST)}" for _, r in per_lambda.iterrows())
-    return (f"**λ:** best loss.lam = {fmt(best[LAMBDA])} by mean validation accuracy ({pct(best, VAL)})"
-            f"{tie_note(ranked(per_lambda), LAMBDA)}; its clean test accuracy {pct(best, TEST)}. "
-            f"Clean test accuracy per λ (best other settings): {curve}.")
+    return (
+        f"**λ:** best loss.lam = {fmt(best[LAMBDA])} by mean validation accuracy ({pct(best, VAL)})"
+        f"{tie_note(ranked(per_lambda), LAMBDA)}; its clean test accuracy {pct(best, TEST)}. "
+        f"Clean test accuracy per λ (best other settings): {curve}."
+    )
 
 
 def answer_fit(table: pd.DataFrame, jobs: list[Job]) -> str:
@@ -393,10 +442,16 @@ def answer_fit(table: pd.DataFrame, jobs: list[Job]) -> str:
     first = sum(h[0][TRAIN_LOSS] for h in histories) / len(histories)
     last = sum(h[-1][TRAIN_LOSS] for h in histories) / len(histories)
     final_acc = [h[-1].get(TRAIN_ACC) for h in histories if h[-1].get(TRAIN_ACC) is not None]
-    acc = (f"; last-epoch training accuracy {100 * sum(final_acc) / len(final_acc):.2f}% "
-           f"(lowest {100 * min(final_acc):.2f}%)" if final_acc else "")
-    return (f"**Fit:** training loss from {first:.3g} (first epoch) to {last:.3g} (last epoch), mean of "
-            f"{len(histories)} finished jobs{acc}; {nan_note}.")
+    acc = (
+        f"; last-epoch training accuracy {100 * sum(final_acc) / len(final_acc):.2f}% "
+        f"(lowest {100 * min(final_acc):.2f}%)"
+        if final_acc
+        else ""
+    )
+    return (
+        f"**Fit:** training loss from {first:.3g} (first epoch) to {last:.3g} (last epoch), mean of "
+        f"{len(histories)} finished jobs{acc}; {nan_note}."
+    )
 
 
 def answer_losses(summary, varied) -> str:
@@ -413,17 +468,27 @@ def answer_losses(summary, varied) -> str:
     stds = (b[f"{TEST}_std"], i[f"{TEST}_std"])
     leader = "balanced" if diff > 0 else "imbalanced"
     if any(pd.isna(std) for std in stds):
-        verdict = (f"{leader} is ahead by {abs(diff):.2f} points, but on a single seed: "
-                   "not enough data to compare with the seed spread")
+        verdict = (
+            f"{leader} is ahead by {abs(diff):.2f} points, but on a single seed: "
+            "not enough data to compare with the seed spread"
+        )
     elif abs(diff) > 100 * sum(stds):
-        verdict = (f"{leader} is ahead by {abs(diff):.2f} points, more than the seed spread "
-                   f"(std {100 * stds[0]:.2f} and {100 * stds[1]:.2f})")
+        verdict = (
+            f"{leader} is ahead by {abs(diff):.2f} points, more than the seed spread "
+            f"(std {100 * stds[0]:.2f} and {100 * stds[1]:.2f})"
+        )
     else:
-        verdict = (f"no clear winner: the difference ({diff:+.2f} points) is within the seed spread "
-                   f"(std {100 * stds[0]:.2f} and {100 * stds[1]:.2f})")
+        verdict = (
+            f"no clear winner: the difference ({diff:+.2f} points) is within the seed spread "
+            f"(std {100 * stds[0]:.2f} and {100 * stds[1]:.2f})"
+        )
     dotted = "test_dotted_accuracy"
-    shortcut = (f" On the dotted test set (the shortcut check), the same settings: balanced {pct(b, dotted)}, "
-                f"imbalanced {pct(i, dotted)}." if f"{dotted}_mean" in summary else "")
+    shortcut = (
+        f" On the dotted test set (the shortcut check), the same settings: balanced {pct(b, dotted)}, "
+        f"imbalanced {pct(i, dotted)}."
+        if f"{dotted}_mean" in summary
+        else ""
+    )
     return f"{text} **Does balanced beat imbalanced?** {verdict}.{matched_comparison(summary, varied)}{shortcut}"
 
 
@@ -437,8 +502,10 @@ def matched_comparison(summary, varied) -> str:
     if pairs.empty or not {"balanced", "imbalanced"} <= set(pairs.columns):
         return ""
     diffs = 100 * (pairs["balanced"] - pairs["imbalanced"])
-    return (f" At matched {', '.join(shared)}, balanced (best λ) is ahead at {(diffs > 0).sum()} of {len(diffs)} "
-            f"settings, mean difference {diffs.mean():+.2f} points (range {diffs.min():+.2f} to {diffs.max():+.2f}).")
+    return (
+        f" At matched {', '.join(shared)}, balanced (best λ) is ahead at {(diffs > 0).sum()} of {len(diffs)} "
+        f"settings, mean difference {diffs.mean():+.2f} points (range {diffs.min():+.2f} to {diffs.max():+.2f})."
+    )
 
 
 def answer_pool(summary, varied) -> str:
@@ -447,14 +514,16 @@ def answer_pool(summary, varied) -> str:
     line = [LOSS] if LOSS in varied else []
     best = best_per(summary, [*line, POOL])
     parts = []
-    for name, part in (best.groupby(LOSS, sort=False) if line else [(None, best)]):
+    for name, part in best.groupby(LOSS, sort=False) if line else [(None, best)]:
         if part[POOL].nunique() < 2:
             continue
         first, last = part.iloc[0], part.iloc[-1]
         steps = ", ".join(f"{fmt(r[POOL])}: {100 * r[f'{TEST}_mean']:.2f}%" for _, r in part.iterrows())
         change = 100 * (last[f"{TEST}_mean"] - first[f"{TEST}_mean"])
-        parts.append(f"{name + ': ' if name else ''}{steps} ({change:+.2f} points from {fmt(first[POOL])} "
-                     f"to {fmt(last[POOL])} corrected samples)")
+        parts.append(
+            f"{name + ': ' if name else ''}{steps} ({change:+.2f} points from {fmt(first[POOL])} "
+            f"to {fmt(last[POOL])} corrected samples)"
+        )
     if not parts:
         return "**Pool size:** not enough data: fewer than two pool sizes finished."
     return "**Pool size** (mean clean test accuracy, best other settings): " + "; ".join(parts) + "."
@@ -468,6 +537,7 @@ def counts_line(table: pd.DataFrame) -> str:
 
 # --- plots --------------------------------------------------------------------
 
+
 def plot_vs(summary, varied, x: str, metric: str, path: Path, xlabel: str, log_x: bool) -> bool:
     """Mean ``metric`` over seeds (error bars: std) against ``x``, one line per loss type,
     each point the best setting (by validation) of the other varied keys."""
@@ -477,11 +547,17 @@ def plot_vs(summary, varied, x: str, metric: str, path: Path, xlabel: str, log_x
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     with_x = summary[summary[x].notna()]
     best = best_per(with_x, [*line, x])
-    for name, part in (best.groupby(LOSS, sort=False) if line else [(None, best)]):
-        ax.errorbar(part[x].astype(float), 100 * part[f"{metric}_mean"], yerr=100 * part[f"{metric}_std"].fillna(0),
-                    marker="o", capsize=3, label=name)
+    for name, part in best.groupby(LOSS, sort=False) if line else [(None, best)]:
+        ax.errorbar(
+            part[x].astype(float),
+            100 * part[f"{metric}_mean"],
+            yerr=100 * part[f"{metric}_std"].fillna(0),
+            marker="o",
+            capsize=3,
+            label=name,
+        )
     # Loss types without this setting (the imbalanced loss has no λ): their best as a band.
-    for name, part in (summary[summary[x].isna()].groupby(LOSS, sort=False) if line else []):
+    for name, part in summary[summary[x].isna()].groupby(LOSS, sort=False) if line else []:
         row = ranked(part).iloc[0]
         std = row[f"{metric}_std"]
         mean, std = 100 * row[f"{metric}_mean"], 0 if pd.isna(std) else 100 * std
@@ -507,14 +583,19 @@ def plot_training_curves(job: Job, path: Path) -> bool:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in trained]
-    for key, label in (("train_loss", "train"), ("train_loss_confounded", "train, confounded part"),
-                       ("train_loss_corrected", "train, corrected part"), ("val_loss", "validation")):
+    for key, label in (
+        ("train_loss", "train"),
+        ("train_loss_confounded", "train, confounded part"),
+        ("train_loss_corrected", "train, corrected part"),
+        ("val_loss", "validation"),
+    ):
         if all(key in h for h in trained):
             left.plot(epochs, [h[key] for h in trained], marker=".", label=label)
     left.set_yscale("log")
     left.set_ylabel("loss")
-    right.plot([h["epoch"] for h in history], [100 * h["val_accuracy"] for h in history], marker=".",
-               label="validation")
+    right.plot(
+        [h["epoch"] for h in history], [100 * h["val_accuracy"] for h in history], marker=".", label="validation"
+    )
     if all("train_accuracy" in h for h in trained):
         right.plot(epochs, [100 * h["train_accuracy"] for h in trained], marker=".", label="train")
     if job.metrics.get("best_epoch") is not None:
@@ -533,6 +614,7 @@ def plot_training_curves(job: Job, path: Path) -> bool:
 
 # --- the report -----------------------------------------------------------------
 
+
 def write_report(sweep_dir: Path) -> str:
     """Write the report files into ``sweep_dir/report/`` and return report.md's text."""
     sweep_dir = Path(sweep_dir)
@@ -547,13 +629,21 @@ def write_report(sweep_dir: Path) -> str:
 
     plots = {}
     if len(summary):
-        plots["val_accuracy_vs_lr.png"] = plot_vs(summary, varied, LR, VAL, out / "val_accuracy_vs_lr.png",
-                                                  "learning rate (trainer.lr)", log_x=True)
-        plots["test_accuracy_vs_lambda.png"] = plot_vs(summary, varied, LAMBDA, TEST, out / "test_accuracy_vs_lambda.png",
-                                                       "λ (loss.lam)", log_x=True)
-        plots["test_accuracy_vs_pool_size.png"] = plot_vs(summary, varied, POOL, TEST,
-                                                          out / "test_accuracy_vs_pool_size.png",
-                                                          "corrected samples (pool.size)", log_x=True)
+        plots["val_accuracy_vs_lr.png"] = plot_vs(
+            summary, varied, LR, VAL, out / "val_accuracy_vs_lr.png", "learning rate (trainer.lr)", log_x=True
+        )
+        plots["test_accuracy_vs_lambda.png"] = plot_vs(
+            summary, varied, LAMBDA, TEST, out / "test_accuracy_vs_lambda.png", "λ (loss.lam)", log_x=True
+        )
+        plots["test_accuracy_vs_pool_size.png"] = plot_vs(
+            summary,
+            varied,
+            POOL,
+            TEST,
+            out / "test_accuracy_vs_pool_size.png",
+            "corrected samples (pool.size)",
+            log_x=True,
+        )
     done = [j for j in jobs if j.status == "done" and j.metrics.get(VAL) is not None]
     if done:
         best_job = max(done, key=lambda j: j.metrics[VAL])
@@ -568,15 +658,27 @@ def write_report(sweep_dir: Path) -> str:
     optuna_file = sweep_dir / "optimization_results.yaml"
     if optuna_file.exists():
         lines += [f"Optuna: {yaml.safe_load(optuna_file.read_text())}", ""]
-    lines += ["## Jobs", "", markdown(shown), "",
-              "## Over seeds (mean ± std, n = finished seeds)", "",
-              summary_markdown(summary, varied) if len(summary) else "No finished jobs yet.", ""]
+    lines += [
+        "## Jobs",
+        "",
+        markdown(shown),
+        "",
+        "## Over seeds (mean ± std, n = finished seeds)",
+        "",
+        summary_markdown(summary, varied) if len(summary) else "No finished jobs yet.",
+        "",
+    ]
     if len(summary) and "confounded.path" in table:
-        lines += ["## Does the model still rely on the confounder? (mean ± std over seeds)", "",
-                  reliance_markdown(table, summary, varied), "",
-                  "Shortcut removed: (confounded - corrected) / (confounded - oracle) per job, then averaged; "
-                  "1 = as free of the confounder as the oracle, 0 = no change, empty where the references "
-                  "differ too little to measure against. " + seed_note(table), ""]
+        lines += [
+            "## Does the model still rely on the confounder? (mean ± std over seeds)",
+            "",
+            reliance_markdown(table, summary, varied),
+            "",
+            "Shortcut removed: (confounded - corrected) / (confounded - oracle) per job, then averaged; "
+            "1 = as free of the confounder as the oracle, 0 = no change, empty where the references "
+            "differ too little to measure against. " + seed_note(table),
+            "",
+        ]
     lines += ["## Answers", ""]
     lines += [f"- {answer_fit(table, jobs)}"]
     if len(summary):
@@ -589,8 +691,9 @@ def write_report(sweep_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xilsweep.report",
-                                     description="Tables, plots and answers from a sweep folder.")
+    parser = argparse.ArgumentParser(
+        prog="python -m xilsweep.report", description="Tables, plots and answers from a sweep folder."
+    )
     parser.add_argument("sweep_dir", type=Path, help="e.g. outputs/multirun/2026-01-01/12-00-00")
     args = parser.parse_args(argv)
     try:

@@ -50,8 +50,10 @@ def finished_objective(cfg: DictConfig, out_dir: Path) -> float | None:
     if record.get("status") != "done":
         return None
     if not cfg.trainer.get("resume", False):
-        raise ConfigError(f"{out_dir} already holds a finished job; trainer.resume=true returns its result, "
-                          "another hydra.run.dir runs it again")
+        raise ConfigError(
+            f"{out_dir} already holds a finished job; trainer.resume=true returns its result, "
+            "another hydra.run.dir runs it again"
+        )
     log.info("job already finished in %s; returning its recorded objective", out_dir)
     return float(record["objective"])
 
@@ -61,19 +63,35 @@ def run_job(cfg: DictConfig, out_dir: Path) -> float:
     if done is not None:
         return done
     job = assemble(cfg)
-    log.info("confounded model: train accuracy %.2f%%, clean test accuracy %.2f%% (%s)",
-             100 * job.confounded["train_accuracy"], 100 * job.confounded["test_accuracy"],
-             job.confounded["path"])
-    log.info("fine-tuning %s: %d confounded + %d corrected pool, batches of %d (%d corrected), output %s",
-             job.loss.name, len(job.data.train), len(job.pool), job.sampler.batch_size,
-             job.sampler.k_start, out_dir)
+    log.info(
+        "confounded model: train accuracy %.2f%%, clean test accuracy %.2f%% (%s)",
+        100 * job.confounded["train_accuracy"],
+        100 * job.confounded["test_accuracy"],
+        job.confounded["path"],
+    )
+    log.info(
+        "fine-tuning %s: %d confounded + %d corrected pool, batches of %d (%d corrected), output %s",
+        job.loss.name,
+        len(job.data.train),
+        len(job.pool),
+        job.sampler.batch_size,
+        job.sampler.k_start,
+        out_dir,
+    )
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     record = job.run(out_dir, overrides)
-    log.info("clean test accuracy: confounded model %.2f%% -> corrected model %.2f%% "
-             "(best val accuracy %.2f%% at epoch %d)", 100 * job.confounded["test_accuracy"],
-             100 * record["test_accuracy"], 100 * record["best_val_accuracy"], record["best_epoch"])
-    log.info("reliance on the confounder (%s; oracle floor | confounded ceiling -> corrected, share of the "
-             "shortcut removed):", job.explainer.name)
+    log.info(
+        "clean test accuracy: confounded model %.2f%% -> corrected model %.2f%% (best val accuracy %.2f%% at epoch %d)",
+        100 * job.confounded["test_accuracy"],
+        100 * record["test_accuracy"],
+        100 * record["best_val_accuracy"],
+        record["best_epoch"],
+    )
+    log.info(
+        "reliance on the confounder (%s; oracle floor | confounded ceiling -> corrected, share of the "
+        "shortcut removed):",
+        job.explainer.name,
+    )
     for key in REASON_TAGS:
         figures = (record["oracle"][key], record["confounded"][key], record[key], record["shortcut_removed"][key])
         log.info("  %-21s %s | %s -> %s  removed %s", key, *(f"{v:.3f}" if v is not None else "n/a" for v in figures))
@@ -94,6 +112,7 @@ def main(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.RUN:
             raise SystemExit(2) from None
         raise
+
 
 if __name__ == "__main__":
     main()

@@ -37,20 +37,40 @@ class MixedBatchSampler:
     be replayed exactly, e.g. after a resume.
     """
 
-    def __init__(self, n_confounded: int, batch_size: int = 64, k: int = 4, pool_size: int = 100,
-                 seed: int = 0, k_schedule: str = "constant",
-                 k_end: int | None = None, schedule_epochs: int = 10):
+    def __init__(
+        self,
+        n_confounded: int,
+        batch_size: int = 64,
+        k: int = 4,
+        pool_size: int = 100,
+        seed: int = 0,
+        k_schedule: str = "constant",
+        k_end: int | None = None,
+        schedule_epochs: int = 10,
+    ):
         require(isinstance(batch_size, int) and batch_size >= 2, "batch_size", batch_size, "an integer >= 2")
         require(isinstance(k, int) and 0 <= k < batch_size, "k", k, f"an integer in [0, batch_size={batch_size})")
-        require(isinstance(pool_size, int) and pool_size >= (1 if k else 0), "pool_size", pool_size,
-                "an integer >= 1 (>= 0 when k=0)")
+        require(
+            isinstance(pool_size, int) and pool_size >= (1 if k else 0),
+            "pool_size",
+            pool_size,
+            "an integer >= 1 (>= 0 when k=0)",
+        )
         require_choice("k_schedule", k_schedule, K_SCHEDULES)
         k_end = k if k_end is None else k_end
-        require(isinstance(k_end, int) and 0 <= k_end < batch_size, "k_end", k_end,
-                f"an integer in [0, batch_size={batch_size})")
+        require(
+            isinstance(k_end, int) and 0 <= k_end < batch_size,
+            "k_end",
+            k_end,
+            f"an integer in [0, batch_size={batch_size})",
+        )
         require(k_end == 0 or pool_size >= 1, "pool_size", pool_size, "an integer >= 1 when k_end > 0")
-        require(isinstance(schedule_epochs, int) and schedule_epochs >= 1, "schedule_epochs",
-                schedule_epochs, "an integer >= 1")
+        require(
+            isinstance(schedule_epochs, int) and schedule_epochs >= 1,
+            "schedule_epochs",
+            schedule_epochs,
+            "an integer >= 1",
+        )
         require(n_confounded >= 1, "n_confounded", n_confounded, "at least one confounded sample")
         self.n_confounded, self.batch_size, self.pool_size = n_confounded, batch_size, pool_size
         self.k_start, self.k_end, self.k_schedule = k, k_end, k_schedule
@@ -84,15 +104,20 @@ class MixedBatchSampler:
         n_batches = math.ceil(self.n_confounded / per_batch)
         n_corrected = n_batches * k
         passes = math.ceil(n_corrected / self.pool_size) if n_corrected else 0
-        corrected = self.n_confounded + torch.cat(
-            [torch.randperm(self.pool_size, generator=g) for _ in range(passes)] or [torch.empty(0, dtype=torch.long)]
-        )[:n_corrected]
+        corrected = (
+            self.n_confounded
+            + torch.cat(
+                [torch.randperm(self.pool_size, generator=g) for _ in range(passes)]
+                or [torch.empty(0, dtype=torch.long)]
+            )[:n_corrected]
+        )
         n_full = self.n_confounded // per_batch
-        full = torch.cat([confounded[: n_full * per_batch].view(n_full, per_batch),
-                          corrected[: n_full * k].view(n_full, k)], dim=1)
+        full = torch.cat(
+            [confounded[: n_full * per_batch].view(n_full, per_batch), corrected[: n_full * k].view(n_full, k)], dim=1
+        )
         batches = list(full.unbind(0))
         if n_full < n_batches:
-            batches.append(torch.cat([confounded[n_full * per_batch:], corrected[n_full * k:]]))
+            batches.append(torch.cat([confounded[n_full * per_batch :], corrected[n_full * k :]]))
         return batches
 
     def __iter__(self):

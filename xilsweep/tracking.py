@@ -54,8 +54,9 @@ class RunRecorder:
     def reference_layout(self, tags: dict) -> None:
         """One TensorBoard chart per reliance metric (custom scalars tab) with
         the job's figure between the oracle's (floor) and the confounded model's (ceiling)."""
-        self.writer.add_custom_scalars({"Reliance": {
-            key: ["Multiline", [tag, f"Confounded/{key}", f"Oracle/{key}"]] for key, tag in tags.items()}})
+        self.writer.add_custom_scalars(
+            {"Reliance": {key: ["Multiline", [tag, f"Confounded/{key}", f"Oracle/{key}"]] for key, tag in tags.items()}}
+        )
 
     def images(self, batches: dict[str, torch.Tensor], step: int = 0, n: int = 32) -> None:
         """The first ``n`` images (pixels in [0, 1]) of each batch as one grid,
@@ -94,16 +95,23 @@ class EpochRecorder:
 
     def __init__(self, recorder: RunRecorder, job, confounded: dict, oracle: dict, resuming: bool):
         self.recorder, self.job, self.confounded, self.oracle = recorder, job, confounded, oracle
-        self.references = {f"{kind.title()}/{key}": reference[key]
-                           for kind, reference in (("confounded", confounded), ("oracle", oracle))
-                           for key in REASON_TAGS}
+        self.references = {
+            f"{kind.title()}/{key}": reference[key]
+            for kind, reference in (("confounded", confounded), ("oracle", oracle))
+            for key in REASON_TAGS
+        }
         self.shown = view_images(job.data, job.pool.corrected, job.pool.original, job.confounded_class)
         self.reason_seconds: list[float] = []
         recorder.reference_layout(REASON_TAGS)
         if not resuming:
             eights = job.data.train.subset(job.data.train.labels == 1)
-            recorder.images({"Images/confounded_samples": eights.x, "Images/corrected_original": job.pool.original.x,
-                             "Images/corrected_samples": job.pool.corrected.x})
+            recorder.images(
+                {
+                    "Images/confounded_samples": eights.x,
+                    "Images/corrected_original": job.pool.original.x,
+                    "Images/corrected_samples": job.pool.corrected.x,
+                }
+            )
 
     def __call__(self, epoch: int, metrics: dict) -> None:
         began = time.perf_counter()
@@ -111,24 +119,44 @@ class EpochRecorder:
         attributions = epoch % explainer.attribution_every == 0
         reasons = self.confounded if epoch == 0 else self.job.reasons(model, attributions)
         if attributions:
-            self.recorder.images({f"Explanations/{view}": x for view, x in explainer.views(model, self.shown).items()},
-                                 step=epoch)
+            self.recorder.images(
+                {f"Explanations/{view}": x for view, x in explainer.views(model, self.shown).items()}, step=epoch
+            )
         if epoch > 0:
             self.reason_seconds.append(time.perf_counter() - began)
         removed = shortcut_removed_all(self.confounded, reasons, self.oracle)
-        self.recorder.epoch(epoch, {**metrics, **{tag: reasons[key] for key, tag in REASON_TAGS.items()},
-                                    **{f"Shortcut_removed/{key}": value for key, value in removed.items()},
-                                    **self.references})
+        self.recorder.epoch(
+            epoch,
+            {
+                **metrics,
+                **{tag: reasons[key] for key, tag in REASON_TAGS.items()},
+                **{f"Shortcut_removed/{key}": value for key, value in removed.items()},
+                **self.references,
+            },
+        )
         max_epochs = self.job.trainer.max_epochs
         if epoch == 0:
-            log.info("epoch 0/%d (start): val loss %.4f, val accuracy %.2f%%",
-                     max_epochs, metrics["val_loss"], 100 * metrics["val_accuracy"])
+            log.info(
+                "epoch 0/%d (start): val loss %.4f, val accuracy %.2f%%",
+                max_epochs,
+                metrics["val_loss"],
+                100 * metrics["val_accuracy"],
+            )
         else:
-            log.info("epoch %d/%d: train loss %.4f (confounded %.4f, corrected %.4f), train accuracy %.2f%%, "
-                     "val loss %.4f, val accuracy %.2f%%, dot flip rate %.3f (%.1f s)",
-                     epoch, max_epochs, metrics["train_loss"], metrics["train_loss_confounded"],
-                     metrics["train_loss_corrected"], 100 * metrics["train_accuracy"], metrics["val_loss"],
-                     100 * metrics["val_accuracy"], reasons["dot_flip_rate"] or math.nan, metrics["seconds"])
+            log.info(
+                "epoch %d/%d: train loss %.4f (confounded %.4f, corrected %.4f), train accuracy %.2f%%, "
+                "val loss %.4f, val accuracy %.2f%%, dot flip rate %.3f (%.1f s)",
+                epoch,
+                max_epochs,
+                metrics["train_loss"],
+                metrics["train_loss_confounded"],
+                metrics["train_loss_corrected"],
+                100 * metrics["train_accuracy"],
+                metrics["val_loss"],
+                100 * metrics["val_accuracy"],
+                reasons["dot_flip_rate"] or math.nan,
+                metrics["seconds"],
+            )
 
     def mean_reason_seconds(self) -> float | None:
         return sum(self.reason_seconds) / len(self.reason_seconds) if self.reason_seconds else None

@@ -27,8 +27,9 @@ def concat(a: Split, b: Split) -> Split:
     return Split(torch.cat([a.x, b.x]), torch.cat([a.targets, b.targets]), torch.cat([a.mask, b.mask]))
 
 
-def train_one_epoch(model, data: Split, batches, k: int, loss_fn: XILLoss, optimizer,
-                    grad_clip: float | None = None) -> dict:
+def train_one_epoch(
+    model, data: Split, batches, k: int, loss_fn: XILLoss, optimizer, grad_clip: float | None = None
+) -> dict:
     """One pass over ``batches`` (index tensors into ``data``, the last ``k`` of
     each batch corrected). Returns epoch means; raises on a non-finite loss."""
     model.train()
@@ -60,10 +61,13 @@ def epoch_means(sums: list[float], n_batches: int, n_seen: int) -> dict:
     total, confounded, corrected, hits = sums
     n_batches = max(n_batches, 1)
     if not math.isfinite(total):
-        raise NonFiniteLossError(
-            f"training loss became {total}: lower trainer.lr or set trainer.grad_clip (e.g. 1.0)")
-    return {"loss": total / n_batches, "loss_confounded": confounded / n_batches,
-            "loss_corrected": corrected / n_batches, "accuracy": hits / max(n_seen, 1)}
+        raise NonFiniteLossError(f"training loss became {total}: lower trainer.lr or set trainer.grad_clip (e.g. 1.0)")
+    return {
+        "loss": total / n_batches,
+        "loss_confounded": confounded / n_batches,
+        "loss_corrected": corrected / n_batches,
+        "accuracy": hits / max(n_seen, 1),
+    }
 
 
 @torch.no_grad()
@@ -89,11 +93,22 @@ class FitResult:
     stopped_early: bool = False
 
 
-def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampler: MixedBatchSampler,
-                             loss_fn: XILLoss, optimizer, max_epochs: int, patience: int,
-                             grad_clip: float | None = None, eval_batch_size: int = 256,
-                             on_epoch: Callable[[int, dict], None] | None = None,
-                             checkpoint: Path | None = None, resume: bool = False) -> FitResult:
+def fit_until_early_stopping(
+    model,
+    train: Split,
+    pool: Split,
+    val: Split,
+    sampler: MixedBatchSampler,
+    loss_fn: XILLoss,
+    optimizer,
+    max_epochs: int,
+    patience: int,
+    grad_clip: float | None = None,
+    eval_batch_size: int = 256,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> FitResult:
     """Train until validation accuracy has not improved for ``patience`` epochs
     (ties broken by lower validation loss), then restore the best weights.
 
@@ -131,9 +146,15 @@ def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampl
         k = sampler.k
         train_metrics = train_one_epoch(model, data, sampler.batches(epoch - 1), k, loss_fn, optimizer, grad_clip)
         val_metrics = evaluate(model, val, eval_batch_size)
-        metrics = {"epoch": epoch, **{f"train_{n}": v for n, v in train_metrics.items()},
-                   "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
-                   "k": k, **loss_fn.epoch_metrics(), "seconds": time.perf_counter() - began}
+        metrics = {
+            "epoch": epoch,
+            **{f"train_{n}": v for n, v in train_metrics.items()},
+            "val_loss": val_metrics["loss"],
+            "val_accuracy": val_metrics["accuracy"],
+            "k": k,
+            **loss_fn.epoch_metrics(),
+            "seconds": time.perf_counter() - began,
+        }
         history.append(metrics)
         score = (val_metrics["accuracy"], -val_metrics["loss"])
         if score > best:
@@ -142,10 +163,20 @@ def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampl
         if on_epoch:  # before the checkpoint: a job killed in between redoes (and re-logs) this epoch
             on_epoch(epoch, metrics)
         if checkpoint:
-            atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "loss": loss_fn.state_dict(), "rng": torch.get_rng_state(), "best": list(best),
-                               "best_epoch": best_epoch, "best_model": best_state, "history": history},
-                              checkpoint)
+            atomic_torch_save(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "loss": loss_fn.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "best": list(best),
+                    "best_epoch": best_epoch,
+                    "best_model": best_state,
+                    "history": history,
+                },
+                checkpoint,
+            )
     model.load_state_dict(best_state)
     return FitResult(best_epoch, best[0], epoch, history, stopped_early=epoch < max_epochs)
 
@@ -153,26 +184,49 @@ def fit_until_early_stopping(model, train: Split, pool: Split, val: Split, sampl
 class Trainer:
     """Optimisation settings: optimiser, learning rate, early stopping, device, threads."""
 
-    def __init__(self, lr: float = 1e-3, optimizer: str = "adam", momentum: float = 0.9,
-                 weight_decay: float = 0.0, max_epochs: int = 20, patience: int = 3,
-                 grad_clip: float | None = None, device: str = "auto", num_threads: int | None = None,
-                 eval_batch_size: int = 256, resume: bool = False):
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        max_epochs: int = 20,
+        patience: int = 3,
+        grad_clip: float | None = None,
+        device: str = "auto",
+        num_threads: int | None = None,
+        eval_batch_size: int = 256,
+        resume: bool = False,
+    ):
         require(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
         require_choice("optimizer", optimizer, OPTIMIZERS)
         require(isinstance(max_epochs, int) and max_epochs >= 1, "max_epochs", max_epochs, "an integer >= 1")
         require(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
         require(grad_clip is None or grad_clip > 0, "grad_clip", grad_clip, "null or a number > 0")
         require_choice("device", device, DEVICES)
-        require(device != "cuda" or torch.cuda.is_available(), "device", device,
-                "cuda only where a CUDA GPU is visible (use auto or cpu)")
-        require(num_threads is None or (isinstance(num_threads, int) and num_threads >= 1),
-                "num_threads", num_threads, "null (from OMP_NUM_THREADS, else 1) or an integer >= 1")
-        require(isinstance(eval_batch_size, int) and eval_batch_size >= 1, "eval_batch_size",
-                eval_batch_size, "an integer >= 1")
+        require(
+            device != "cuda" or torch.cuda.is_available(),
+            "device",
+            device,
+            "cuda only where a CUDA GPU is visible (use auto or cpu)",
+        )
+        require(
+            num_threads is None or (isinstance(num_threads, int) and num_threads >= 1),
+            "num_threads",
+            num_threads,
+            "null (from OMP_NUM_THREADS, else 1) or an integer >= 1",
+        )
+        require(
+            isinstance(eval_batch_size, int) and eval_batch_size >= 1,
+            "eval_batch_size",
+            eval_batch_size,
+            "an integer >= 1",
+        )
         self.lr, self.optimizer_name, self.momentum, self.weight_decay = float(lr), optimizer, momentum, weight_decay
         self.max_epochs, self.patience, self.grad_clip = max_epochs, patience, grad_clip
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if device == "auto" else device)
+        self.device = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+        )
         # Launchers other than joblib do not limit threads; parallel jobs must not oversubscribe.
         # One thread unless told: these small models gain 1.25x from a second thread on an idle
         # 2-core machine but lose 25x when another process holds a core (measured, README "Speed").
@@ -197,21 +251,49 @@ class Trainer:
             return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay, fused=True)
         return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay, fused=True)
 
-    def fit(self, model, train: Split, pool: Split, val: Split, sampler, loss_fn, on_epoch=None,
-            checkpoint: Path | None = None) -> FitResult:
+    def fit(
+        self,
+        model,
+        train: Split,
+        pool: Split,
+        val: Split,
+        sampler,
+        loss_fn,
+        on_epoch=None,
+        checkpoint: Path | None = None,
+    ) -> FitResult:
         self.place(model)
         return fit_until_early_stopping(
-            model, train=train.to(self.device), pool=pool.to(self.device), val=val.to(self.device),
-            sampler=sampler, loss_fn=loss_fn.to(self.device), optimizer=self.make_optimizer(model.parameters()),
-            max_epochs=self.max_epochs, patience=self.patience, grad_clip=self.grad_clip,
-            eval_batch_size=self.eval_batch_size, on_epoch=on_epoch, checkpoint=checkpoint, resume=self.resume)
+            model,
+            train=train.to(self.device),
+            pool=pool.to(self.device),
+            val=val.to(self.device),
+            sampler=sampler,
+            loss_fn=loss_fn.to(self.device),
+            optimizer=self.make_optimizer(model.parameters()),
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            grad_clip=self.grad_clip,
+            eval_batch_size=self.eval_batch_size,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+            resume=self.resume,
+        )
 
     def evaluate(self, model, split: Split) -> dict:
         return evaluate(self.place(model), split.to(self.device), self.eval_batch_size)
 
 
-def train_confounded(model, train: Split, trainer: Trainer, epochs: int, lr: float, batch_size: int,
-                     seed: int, on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+def train_confounded(
+    model,
+    train: Split,
+    trainer: Trainer,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
     """Plain cross-entropy on the confounded training split for a fixed number
     of epochs (no validation-based stopping: the clean validation set must not
     steer the model away from the shortcut)."""
@@ -222,8 +304,9 @@ def train_confounded(model, train: Split, trainer: Trainer, epochs: int, lr: flo
     history = []
     for epoch in range(epochs):
         began = time.perf_counter()
-        metrics = train_one_epoch(model, data, sampler.batches(epoch), 0, BaselineImbalancedLoss(),
-                                  optimizer, trainer.grad_clip)
+        metrics = train_one_epoch(
+            model, data, sampler.batches(epoch), 0, BaselineImbalancedLoss(), optimizer, trainer.grad_clip
+        )
         metrics = {"epoch": epoch + 1, **metrics, "seconds": time.perf_counter() - began}
         history.append(metrics)
         if on_epoch:

@@ -31,12 +31,13 @@ SCHEMA_LOCK = 0x78696C  # any number; the one advisory lock xilsweep takes on th
 @dataclass
 class SharedOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.xilsweep_cluster.optuna_sweeper.SharedOptunaSweeper"
-    heartbeat_interval: int = 60       # seconds between heartbeats of a running trial (database storages)
-    grace_period: int | None = None    # a running trial without heartbeat this long is failed; null: 2 intervals
+    heartbeat_interval: int = 60  # seconds between heartbeats of a running trial (database storages)
+    grace_period: int | None = None  # a running trial without heartbeat this long is failed; null: 2 intervals
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="xilsweep_optuna", node=SharedOptunaSweeperConf,
-                             provider="xilsweep")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="xilsweep_optuna", node=SharedOptunaSweeperConf, provider="xilsweep"
+)
 
 
 def heartbeat_storage(url: str, heartbeat_interval: int, grace_period: int | None):
@@ -110,7 +111,7 @@ def open_storage(storage: Any, heartbeat_interval: int, grace_period: int | None
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(storage[len(JOURNAL):]))
+        return JournalStorage(JournalFileBackend(storage[len(JOURNAL) :]))
     return heartbeat_storage(storage, heartbeat_interval, grace_period)
 
 

@@ -39,7 +39,7 @@ def squeue_watcher():
 
 class XilSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from submitit.slurm.slurm import SlurmJob, SlurmInfoWatcher
+        from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
         if type(SlurmJob.watcher) is SlurmInfoWatcher and not accounting_enabled():
             SlurmJob.watcher = squeue_watcher()  # shared by all SLURM jobs of this process, as submitit's is

@@ -47,8 +47,9 @@ def grid(overrides: Sequence[Override]) -> list[list[str]]:
         elif override.is_discrete_sweep():
             values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            raise HydraException(f"hydra/sweeper=xilsweep sweeps lists of values, not "
-                                 f"{override.value_type.name}: {override.input_line}")
+            raise HydraException(
+                f"hydra/sweeper=xilsweep sweeps lists of values, not {override.value_type.name}: {override.input_line}"
+            )
     return [list(job) for job in itertools.product(*values.values())]
 
 
@@ -59,9 +60,12 @@ def has_key(cfg: DictConfig, path: str) -> bool:
     return isinstance(node, DictConfig) and leaf in node.keys()  # keys(): also a "???" value
 
 
-def applicable_jobs(jobs: Sequence[Sequence[str]], overrides: Sequence[Override],
-                    is_group: Callable[[str], bool],
-                    compose: Callable[[list[str]], DictConfig]) -> list[list[str]]:
+def applicable_jobs(
+    jobs: Sequence[Sequence[str]],
+    overrides: Sequence[Override],
+    is_group: Callable[[str], bool],
+    compose: Callable[[list[str]], DictConfig],
+) -> list[list[str]]:
     """``jobs`` (lists of ``key=value``) without the value overrides their
     group choices do not have, duplicates removed, order kept.
 
@@ -71,8 +75,11 @@ def applicable_jobs(jobs: Sequence[Sequence[str]], overrides: Sequence[Override]
     by_key = {o.get_key_element(): o for o in overrides}
     groups = {k for k, o in by_key.items() if is_group(o.key_or_group)}
     # Only plain `key=value` overrides of config values may be dropped.
-    values = {k: o.key_or_group for k, o in by_key.items()
-              if k not in groups and o.type == OverrideType.CHANGE and o.package is None}
+    values = {
+        k: o.key_or_group
+        for k, o in by_key.items()
+        if k not in groups and o.type == OverrideType.CHANGE and o.package is None
+    }
 
     def key_of(entry: str) -> str:
         return entry.split("=", 1)[0]
@@ -90,8 +97,11 @@ def applicable_jobs(jobs: Sequence[Sequence[str]], overrides: Sequence[Override]
         kept.setdefault(tuple(e for e in job if key_of(e) not in drop))
     for choices, keys in missing.items():
         if keys - missing_everywhere:
-            log.info("%s: no %s; those jobs run once per remaining setting",
-                     " ".join(choices), ", ".join(sorted(keys - missing_everywhere)))
+            log.info(
+                "%s: no %s; those jobs run once per remaining setting",
+                " ".join(choices),
+                ", ".join(sorted(keys - missing_everywhere)),
+            )
     if len(kept) < len(jobs):
         log.info("%d jobs after dropping settings that do not apply (%d combinations)", len(kept), len(jobs))
     return [list(job) for job in kept]
@@ -111,17 +121,22 @@ class XilSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def jobs(self, arguments: list[str]) -> list[list[str]]:
         """The overrides of every job this sweep launches, in launch order."""
         assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
         overrides = OverridesParser.create(config_loader=loader).parse_overrides(
-            [*(f"{k}={v}" for k, v in self.params.items()), *arguments])
-        return applicable_jobs(grid(overrides), overrides,
-                               is_group=lambda key: bool(loader.get_group_options(key)),
-                               compose=lambda choices: loader.load_sweep_config(self.config, choices))
+            [*(f"{k}={v}" for k, v in self.params.items()), *arguments]
+        )
+        return applicable_jobs(
+            grid(overrides),
+            overrides,
+            is_group=lambda key: bool(loader.get_group_options(key)),
+            compose=lambda choices: loader.load_sweep_config(self.config, choices),
+        )
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
@@ -130,15 +145,17 @@ class XilSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # the whole plan up front: progress lines count against it, the report lists jobs that never started
-        OmegaConf.save({"jobs": [{"num": num, "overrides": job} for num, job in enumerate(jobs)]},
-                       sweep_dir / PLANNED_FILE)
+        OmegaConf.save(
+            {"jobs": [{"num": num, "overrides": job} for num, job in enumerate(jobs)]}, sweep_dir / PLANNED_FILE
+        )
         size = len(jobs) if self.max_batch_size in (None, -1) else self.max_batch_size
         if size < 1:
-            raise HydraException(f"hydra.sweeper.max_batch_size={self.max_batch_size} is not allowed: "
-                                 f"null, -1 or an integer >= 1")
+            raise HydraException(
+                f"hydra.sweeper.max_batch_size={self.max_batch_size} is not allowed: null, -1 or an integer >= 1"
+            )
         returns = []
         for start in range(0, len(jobs), size):
-            batch = jobs[start:start + size]
+            batch = jobs[start : start + size]
             self.validate_batch_is_legal(batch)  # composition errors before any job of the batch runs
             results = self.launcher.launch(batch, initial_job_idx=start)
             for result in results:

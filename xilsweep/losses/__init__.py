@@ -12,10 +12,27 @@ from xilsweep.losses.rbr import RBRLoss, influence_penalty
 from xilsweep.losses.rrr import RRRLoss, input_gradient_penalty
 from xilsweep.losses.rrr_g import RRRGLoss, gradcam, gradcam_penalty
 
-__all__ = ["LOSSES", "XILLoss", "as_labels", "split_cross_entropy", "BaselineBalancedLoss", "BaselineImbalancedLoss",
-           "LagrangianLoss", "RRRLoss", "input_gradient_penalty", "RRRGLoss", "gradcam", "gradcam_penalty",
-           "RBRLoss", "influence_penalty", "HINTLoss", "hint_penalty", "CDEPLoss", "cdep_penalty",
-           "contextual_decomposition"]
+__all__ = [
+    "LOSSES",
+    "XILLoss",
+    "as_labels",
+    "split_cross_entropy",
+    "BaselineBalancedLoss",
+    "BaselineImbalancedLoss",
+    "LagrangianLoss",
+    "RRRLoss",
+    "input_gradient_penalty",
+    "RRRGLoss",
+    "gradcam",
+    "gradcam_penalty",
+    "RBRLoss",
+    "influence_penalty",
+    "HINTLoss",
+    "hint_penalty",
+    "CDEPLoss",
+    "cdep_penalty",
+    "contextual_decomposition",
+]
 
 # Every loss a config can choose (conf/loss/), in the order the docs list them.
 LOSSES = (BaselineBalancedLoss, BaselineImbalancedLoss, LagrangianLoss, RRRLoss, RRRGLoss, RBRLoss, HINTLoss, CDEPLoss)

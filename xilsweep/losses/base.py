@@ -18,6 +18,7 @@ from torch import nn
 
 from xilsweep.errors import require
 
+
 def as_labels(targets: torch.Tensor) -> torch.Tensor:
     return targets.argmax(dim=-1) if targets.ndim == 2 else targets
 
@@ -60,5 +61,9 @@ class XILLoss(nn.Module):
 
 
 def require_number(key: str, value, minimum: float = 0.0) -> None:
-    require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum,
-            key, value, f"a number >= {minimum:g}")
+    require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum,
+        key,
+        value,
+        f"a number >= {minimum:g}",
+    )

@@ -33,18 +33,30 @@ def propagate(layer: nn.Module, rel: torch.Tensor, irrel: torch.Tensor):
         rel_out = F.relu(rel)
         return rel_out, F.relu(rel + irrel) - rel_out
     if isinstance(layer, nn.MaxPool2d):
-        both, index = F.max_pool2d(rel + irrel, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                                   ceil_mode=layer.ceil_mode, return_indices=True)
+        both, index = F.max_pool2d(
+            rel + irrel,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            ceil_mode=layer.ceil_mode,
+            return_indices=True,
+        )
+
         def at_max(part):
             return part.flatten(2).gather(2, index.flatten(2)).view_as(both)
+
         return at_max(rel), at_max(irrel)
     if isinstance(layer, nn.Dropout):
         keep = layer(torch.ones_like(rel))
         return rel * keep, irrel * keep
     if isinstance(layer, nn.Flatten):
         return layer(rel), layer(irrel)
-    raise SettingError("model", type(layer).__name__,
-                       "layers of types Normalize (first), " + ", ".join(t.__name__ for t in CD_LAYERS) + " for loss=cdep")
+    raise SettingError(
+        "model",
+        type(layer).__name__,
+        "layers of types Normalize (first), " + ", ".join(t.__name__ for t in CD_LAYERS) + " for loss=cdep",
+    )
 
 
 def contextual_decomposition(model, x: torch.Tensor, mask: torch.Tensor):
@@ -86,8 +98,12 @@ class CDEPLoss(RRRLoss):
         super().__init__(lam, base, base_lam)
 
     def check(self, model) -> None:
-        require(callable(getattr(model, "layers", None)), "model", type(model).__name__,
-                "a model with layers() (model=cnn, lenet, cnn_examples or mlp) for loss=cdep")
+        require(
+            callable(getattr(model, "layers", None)),
+            "model",
+            type(model).__name__,
+            "a model with layers() (model=cnn, lenet, cnn_examples or mlp) for loss=cdep",
+        )
 
     def penalty(self, model, x, targets, mask):
         self.check(model)

@@ -45,12 +45,22 @@ class HINTLoss(RRRLoss):
     name = "hint"
     tag = "HINT"
 
-    def __init__(self, lam: float = 100.0, base: str = "balanced", base_lam: float = 1.0,
-                 relevant_region: str = "ink", ink_threshold: float = 0.5):
+    def __init__(
+        self,
+        lam: float = 100.0,
+        base: str = "balanced",
+        base_lam: float = 1.0,
+        relevant_region: str = "ink",
+        ink_threshold: float = 0.5,
+    ):
         super().__init__(lam, base, base_lam)
         require_choice("relevant_region", relevant_region, RELEVANT_REGIONS)
-        require(isinstance(ink_threshold, (int, float)) and not isinstance(ink_threshold, bool)
-                and 0 <= ink_threshold < 1, "ink_threshold", ink_threshold, "a number in [0, 1)")
+        require(
+            isinstance(ink_threshold, (int, float)) and not isinstance(ink_threshold, bool) and 0 <= ink_threshold < 1,
+            "ink_threshold",
+            ink_threshold,
+            "a number in [0, 1)",
+        )
         self.relevant_region, self.ink_threshold = relevant_region, float(ink_threshold)
 
     def check(self, model) -> None:

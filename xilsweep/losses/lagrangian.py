@@ -7,8 +7,8 @@ import math
 import cooper
 import torch
 
-from xilsweep.losses.base import XILLoss, require_number, split_cross_entropy
 from xilsweep.errors import require
+from xilsweep.losses.base import XILLoss, require_number, split_cross_entropy
 
 
 class CorrectedCrossEntropyCMP(cooper.ConstrainedMinimizationProblem):
@@ -17,17 +17,19 @@ class CorrectedCrossEntropyCMP(cooper.ConstrainedMinimizationProblem):
     def __init__(self, eps: float, multiplier: cooper.multipliers.DenseMultiplier):
         super().__init__()
         self.eps = eps
-        self.corrected_ce = cooper.Constraint(cooper.ConstraintType.INEQUALITY,
-                                              formulation_type=cooper.formulations.Lagrangian,
-                                              multiplier=multiplier)
+        self.corrected_ce = cooper.Constraint(
+            cooper.ConstraintType.INEQUALITY, formulation_type=cooper.formulations.Lagrangian, multiplier=multiplier
+        )
 
     def compute_cmp_state(self, model, x, targets, is_corrected) -> cooper.CMPState:
         logits = model(x)
         _, confounded, corrected = split_cross_entropy(logits, targets, is_corrected)
         violation = (corrected - self.eps).reshape(1)
-        return cooper.CMPState(loss=confounded,
-                               observed_constraints={self.corrected_ce: cooper.ConstraintState(violation)},
-                               misc={"logits": logits, "corrected": corrected})
+        return cooper.CMPState(
+            loss=confounded,
+            observed_constraints={self.corrected_ce: cooper.ConstraintState(violation)},
+            misc={"logits": logits, "corrected": corrected},
+        )
 
 
 class LagrangianLoss(XILLoss):
@@ -43,8 +45,12 @@ class LagrangianLoss(XILLoss):
     def __init__(self, eps: float = 0.1, dual_lr: float = 0.05, multiplier_init: float = 0.0):
         super().__init__()
         require_number("eps", eps)
-        require(isinstance(dual_lr, (int, float)) and not isinstance(dual_lr, bool) and dual_lr > 0,
-                "dual_lr", dual_lr, "a number > 0")
+        require(
+            isinstance(dual_lr, (int, float)) and not isinstance(dual_lr, bool) and dual_lr > 0,
+            "dual_lr",
+            dual_lr,
+            "a number > 0",
+        )
         require_number("multiplier_init", multiplier_init)
         self.eps, self.dual_lr = float(eps), float(dual_lr)
         self.multiplier = cooper.multipliers.DenseMultiplier(init=torch.tensor([float(multiplier_init)]))
@@ -65,8 +71,11 @@ class LagrangianLoss(XILLoss):
     def epoch_metrics(self) -> dict:
         violation = torch.cat(self._violations).mean().item() if self._violations else math.nan
         self._violations = []
-        return {"Lagrangian/multiplier": self.multiplier.weight.item(),
-                "Lagrangian/violation": violation, "Lagrangian/epsilon": self.eps}
+        return {
+            "Lagrangian/multiplier": self.multiplier.weight.item(),
+            "Lagrangian/violation": violation,
+            "Lagrangian/epsilon": self.eps,
+        }
 
     def hparams(self) -> dict:
         return {"epsilon": self.eps, "dual_lr": self.dual_lr}
@@ -83,19 +92,24 @@ class PrimalDualStep:
         self.loss = loss
         dual = torch.optim.SGD(loss.cmp.dual_parameters(), lr=loss.dual_lr, maximize=True)
         self.optimizer = cooper.optim.AlternatingDualPrimalOptimizer(
-            cmp=loss.cmp, primal_optimizers=primal, dual_optimizers=dual)
+            cmp=loss.cmp, primal_optimizers=primal, dual_optimizers=dual
+        )
         if grad_clip:
             params = [p for group in primal.param_groups for p in group["params"]]
             primal.register_step_pre_hook(lambda *_: torch.nn.utils.clip_grad_norm_(params, grad_clip))
 
     def train_step(self, model, x, targets, is_corrected, mask):
         """``(logits, (lagrangian, confounded_part, corrected_part))`` after one update."""
-        rollout = self.optimizer.roll(compute_cmp_state_kwargs={
-            "model": model, "x": x, "targets": targets, "is_corrected": is_corrected})
+        rollout = self.optimizer.roll(
+            compute_cmp_state_kwargs={"model": model, "x": x, "targets": targets, "is_corrected": is_corrected}
+        )
         state = rollout.cmp_state
         self.loss.record_violation(state.observed_constraints[self.loss.cmp.corrected_ce].violation)
-        return state.misc["logits"], (rollout.primal_lagrangian_store.lagrangian.detach(),
-                                      state.loss.detach(), state.misc["corrected"].detach())
+        return state.misc["logits"], (
+            rollout.primal_lagrangian_store.lagrangian.detach(),
+            state.loss.detach(),
+            state.misc["corrected"].detach(),
+        )
 
     def state_dict(self) -> dict:
         """Primal and dual optimiser states (the multiplier is in the loss's state_dict)."""

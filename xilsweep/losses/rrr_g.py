@@ -10,8 +10,12 @@ from xilsweep.losses.rrr import RRRLoss
 
 
 def require_conv(model, loss: str) -> None:
-    require(getattr(model, "last_conv", None) is not None, "model", type(model).__name__,
-            f"a model with a convolution (model=cnn, lenet or cnn_examples) for loss={loss}")
+    require(
+        getattr(model, "last_conv", None) is not None,
+        "model",
+        type(model).__name__,
+        f"a model with a convolution (model=cnn, lenet or cnn_examples) for loss={loss}",
+    )
 
 
 def gradcam(model, x: torch.Tensor, classes: torch.Tensor | None = None):
