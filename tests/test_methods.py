@@ -188,12 +188,12 @@ def test_compare_methods_sweeps_four_methods_two_pool_sizes_and_three_seeds():
 def test_compare_methods_runs_end_to_end_one_folder_per_job(xilsweep_cli, data_root, tmp_path):
     """Tiny settings, one seed and one pool size (the sweep itself is checked above)."""
     sweep = tmp_path / "sweep"
-    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs")]
     result = xilsweep_cli(
         [
             "-m",
             "experiment=compare_methods",
-            *tiny,
+            *TINY,
+            "pool.size=10",
             "trainer.max_epochs=1",
             "seed=0",
             "save_model=false",

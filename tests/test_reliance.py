@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import TINY
 from xilsweep.data import Confounder, load_mnist
 from xilsweep.models import ConvNet
 from xilsweep.pretrain import Pretraining
@@ -162,8 +163,6 @@ def test_gradcam_units_land_on_their_receptive_field_centres():
 
 
 def test_a_pretraining_setting_swept_across_two_jobs_gives_two_cached_models(data_root, tmp_path, xilsweep_cli):
-    from tests.conftest import TINY
-
     result = xilsweep_cli(
         [
             "-m",

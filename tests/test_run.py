@@ -13,7 +13,7 @@ GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
     for group in ("data", "model", "loss", "pool", "sampler", "trainer", "pretrain", "explainer")
 }
-SUPPLIED = {"sampler": {"n_confounded": 10, "pool_size": 5}, "model": {"num_classes": 2}}
+SUPPLIED = {"model": {"num_classes": 2}}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])

@@ -73,7 +73,6 @@ def test_k_schedules():
         ({"k": -1}, "k"),
         ({"batch_size": 0}, "batch_size"),
         ({"pool_size": 0}, "pool_size"),
-        ({"correction": "blur"}, "correction"),
         ({"k_schedule": "cosine"}, "k_schedule"),
     ],
 )

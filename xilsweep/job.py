@@ -217,13 +217,13 @@ def assemble(cfg: DictConfig) -> Job:
             problems.append(str(e))
             return None
 
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        problems.append(f"seed={cfg.seed!r} is not allowed: an integer")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):  # other groups read it: stop here
+        raise ConfigError(f"seed={cfg.seed!r} is not allowed: an integer")
     data_spec = attempt("data")
     num_classes = data_spec.num_classes if data_spec is not None else 2
     trainer, loss, explainer, pretrain = (attempt(group) for group in ("trainer", "loss", "explainer", "pretrain"))
     model = attempt("model", num_classes=num_classes)
-    pool_spec = attempt("pool")
+    pool_spec, sampler = attempt("pool"), attempt("sampler")
     for needs_model in (explainer, loss):
         if model is not None and needs_model is not None:
             try:
@@ -242,7 +242,13 @@ def assemble(cfg: DictConfig) -> Job:
         pool = pool_spec.draw(data.train, cfg.seed, data.confounded_class)
     except SettingError as e:
         raise ConfigError(str(e.in_group("pool"))) from None
-    sampler = build(cfg, "sampler", n_confounded=len(data.train), pool_size=len(pool))
+    try:
+        sampler.set_sizes(len(data.train), len(pool))
+    except SettingError as e:  # the only size a user sets here is the pool's
+        raise ConfigError(
+            str(SettingError("pool.size", len(pool), f"{e.allowed} (sampler.k={sampler.k_start})"))
+        ) from None
+
     model_settings = OmegaConf.to_container(cfg.model, resolve=True)
 
     def fresh_model():

@@ -69,6 +69,12 @@ class SweepProgress(Callback):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def __getstate__(self) -> dict:  # launchers pickle the callbacks with the job: no thread state
+        return {"interval": self.interval}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         self._stop.clear()

@@ -158,7 +158,7 @@ class Explainer:
 
     def __init__(
         self,
-        threshold: float | str = "mean",
+        threshold: float | int | str = "mean",
         n_images: int | None = 1000,
         target: str = "label",
         attribution_every: int = 5,

@@ -39,7 +39,7 @@ class MixedBatchSampler:
 
     def __init__(
         self,
-        n_confounded: int,
+        n_confounded: int | None = None,
         batch_size: int = 64,
         k: int = 4,
         pool_size: int = 100,
@@ -50,12 +50,6 @@ class MixedBatchSampler:
     ):
         require(isinstance(batch_size, int) and batch_size >= 2, "batch_size", batch_size, "an integer >= 2")
         require(isinstance(k, int) and 0 <= k < batch_size, "k", k, f"an integer in [0, batch_size={batch_size})")
-        require(
-            isinstance(pool_size, int) and pool_size >= (1 if k else 0),
-            "pool_size",
-            pool_size,
-            "an integer >= 1 (>= 0 when k=0)",
-        )
         require_choice("k_schedule", k_schedule, K_SCHEDULES)
         k_end = k if k_end is None else k_end
         require(
@@ -64,18 +58,32 @@ class MixedBatchSampler:
             k_end,
             f"an integer in [0, batch_size={batch_size})",
         )
-        require(k_end == 0 or pool_size >= 1, "pool_size", pool_size, "an integer >= 1 when k_end > 0")
         require(
             isinstance(schedule_epochs, int) and schedule_epochs >= 1,
             "schedule_epochs",
             schedule_epochs,
             "an integer >= 1",
         )
-        require(n_confounded >= 1, "n_confounded", n_confounded, "at least one confounded sample")
-        self.n_confounded, self.batch_size, self.pool_size = n_confounded, batch_size, pool_size
-        self.k_start, self.k_end, self.k_schedule = k, k_end, k_schedule
+        self.batch_size, self.k_start, self.k_end, self.k_schedule = batch_size, k, k_end, k_schedule
         self.schedule_epochs, self.seed = schedule_epochs, seed
         self.epoch = 0
+        self.n_confounded = self.pool_size = None
+        if n_confounded is not None:
+            self.set_sizes(n_confounded, pool_size)
+
+    def set_sizes(self, n_confounded: int, pool_size: int) -> MixedBatchSampler:
+        """The sizes of the data it indexes (known once the data is loaded): the
+        confounded samples and the corrected pool, which must not be empty while
+        a batch takes corrected samples."""
+        require(n_confounded >= 1, "n_confounded", n_confounded, "at least one confounded sample")
+        require(
+            isinstance(pool_size, int) and pool_size >= (1 if self.k_start or self.k_end else 0),
+            "pool_size",
+            pool_size,
+            "an integer >= 1 when k > 0 (>= 0 when k=0 and k_end=0)",
+        )
+        self.n_confounded, self.pool_size = n_confounded, pool_size
+        return self
 
     def k_at(self, epoch: int) -> int:
         """Corrected samples per batch in ``epoch`` (0-based)."""
