@@ -1,29 +1,32 @@
 """Speed benchmark: ``python bench/speed.py [--out bench/results/speed.json]``
-(``make bench``, about half an hour). Not part of the test suite; ``--tiny`` is
-the quick setting its smoke test runs.
+(``make bench``, about 15 minutes on 2 cores). Not part of the test suite;
+``--tiny`` is the quick setting its smoke test runs.
 
-One run measures, side by side on the same data, models and batches:
+One run measures, on the same data, models and batches:
 
-1. training samples/s of xilsweep's loop (``train_one_epoch`` on in-memory
-   tensors, the model placed by ``Trainer``) against a plain reference loop (a
-   ``Dataset`` returning one (image, one-hot) pair per item, a ``DataLoader``
-   with the same batches as its batch sampler, the same model, loss and
-   optimiser); the same loop in the other memory format; evaluation at
-   several batch sizes;
-2. achieved GFLOP/s of training and evaluation (convolution and linear FLOPs
-   counted by ``torch.utils.flop_counter``) against a matrix-product ceiling
-   (``torch.mm`` of large fp32 matrices) measured between the epochs;
-3. ``torch.compile`` against eager on the default model;
-4. jobs per hour of a small lambda x seed sweep run as one job per process,
-   as parallel processes with one thread each (``hydra/launcher=parallel``)
-   and in one process (Hydra's basic launcher), with the peak memory of the
-   largest process;
-5. the wall time of a 100-job lambda_search-style sweep of the default
-   model, run in the mode that gave the most jobs/hour.
+1. **profile**: where a default job's time goes, for jobs run one after
+   another in a process that has already run one (a warm worker): start-up
+   (config, assembly, TensorBoard run, the references' cached reasons), the
+   epochs, the reason metrics, the end; and the share of the reason metrics;
+2. **loop**: training samples/s of xilsweep's loop (``train_one_epoch`` on
+   in-memory tensors, the model placed by ``Trainer``) against a plain
+   reference loop (a ``Dataset`` of (image, one-hot) pairs, a ``DataLoader``
+   with the same batches, the same model, loss and optimiser), the other
+   memory format, evaluation at several batch sizes, and achieved GFLOP/s
+   against a matrix-product ceiling (``torch.mm``) measured in the same rounds;
+3. **sweeps**: jobs per hour of a small lambda x seed sweep run the naive way
+   (one process per job, the reason metrics every epoch on the whole test
+   set), one process per job, in parallel processes with one thread each
+   (``hydra/launcher=parallel``) and in one process (Hydra's basic launcher);
+4. **full**: the wall time of a 100-job lambda_search-style sweep of the
+   default model with the recommended launcher (``parallel``);
+5. **grid**: the wall time of ``experiment=full_grid_search`` (108 jobs);
+6. **compile** (not by default): ``torch.compile`` against eager.
 
-Every figure is the best of interleaved repeats (the machine is shared); the
-ratios compare variants measured in the same rounds. Prints Markdown tables
-and the issue's targets, and writes everything as JSON.
+Every loop figure is the best of interleaved repeats (the machine may be
+shared); the ratios compare variants measured in the same run. Prints
+Markdown tables and every target with its measured value, and writes
+everything as JSON.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -50,7 +54,9 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from xilsweep.config import CONF_DIR  # noqa: E402
 from xilsweep.job import assemble, build  # noqa: E402
+from xilsweep.run import run_job  # noqa: E402
 from xilsweep.sampling import create_is_user_corrected_mask  # noqa: E402
 from xilsweep.training import concat, evaluate, train_one_epoch  # noqa: E402
 
@@ -59,7 +65,9 @@ MODEL_OVERRIDES = {"mlp": ["explainer=input_gradients"]}  # GradCAM needs a conv
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
 EVAL_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
-SWEEP_MODES = ("per_process", "parallel", "in_process")
+SWEEP_MODES = ("naive", "per_process", "parallel", "in_process")
+# The naive way's reason metrics: every epoch, every figure, on the whole test set.
+NAIVE = ["explainer.attribution_every=1", "explainer.monitor_images=null"]
 LAMBDAS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 TINY = ["debug=tiny"]  # conf/debug/tiny.yaml
 LAUNCHERS = {
@@ -77,9 +85,42 @@ def job_overrides(args, model_name: str) -> list[str]:
     ]
 
 
-def config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf")):
-        return compose("config", overrides=overrides)
+def config(overrides: list[str], hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return compose("config", overrides=overrides, return_hydra_config=hydra)
+
+
+def profile_section(args) -> dict:
+    """Default jobs one after another in this process (the first warms it up, as a
+    launcher's worker is after its first job): where their time goes."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    torch.set_num_threads(1)
+    jobs = []
+    for seed in range(args.profile_jobs + 1):
+        began = time.perf_counter()
+        cfg = config([f"data.root={args.data_root}", *args.job_overrides, f"seed={seed}"], hydra=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg.hydra
+        composed = time.perf_counter() - began
+        out = args.work_dir / "profile" / str(seed)
+        out.mkdir(parents=True)
+        run_job(cfg, out)
+        record = json.loads((out / "metrics.json").read_text())
+        timings = {"compose": composed, **record["timings"], "total": time.perf_counter() - began}
+        timings["startup"] = timings["compose"] + timings["assemble"] + timings["start"]
+        jobs.append({"epochs": record["epochs_run"], **timings})
+    warm = jobs[1:]
+    mean = {key: sum(job[key] for job in warm) / len(warm) for key in warm[0]}
+    mean["reasons_share"] = sum(job["reasons"] for job in warm) / sum(job["total"] for job in warm)
+    print(
+        f"  profile: {mean['total']:.2f} s per warm job ({mean['epochs']:.1f} epochs), start-up "
+        f"{mean['startup']:.2f} s, reason metrics {100 * mean['reasons_share']:.0f}%",
+        flush=True,
+    )
+    return {"first_job": jobs[0], "warm_jobs": warm, "warm_mean": mean}
 
 
 def best_seconds(fn, *args, repeats: int = 1) -> float:
@@ -337,11 +378,12 @@ def xilsweep_command(*arguments: str) -> list[str]:
 def run_sweep(mode: str, grid, common: list[str], folder: Path, env: dict) -> dict:
     """Run the grid's jobs one way; wall time, jobs/hour, peak memory, jobs finished."""
     cwd, jobs = REPO, sweep_jobs(grid)
-    if mode == "per_process":
+    if mode in ("naive", "per_process"):
+        extra = NAIVE if mode == "naive" else []
         wall, peak, failures = 0.0, 0.0, 0
         for i, job in enumerate(jobs):
             seconds, rss, status, tail = run_measured(
-                xilsweep_command(*common, *job, f"hydra.run.dir={folder / str(i)}"), cwd, env
+                xilsweep_command(*common, *extra, *job, f"hydra.run.dir={folder / str(i)}"), cwd, env
             )
             wall, peak, failures = wall + seconds, max(peak, rss), failures + (status != 0)
             if status:
@@ -382,50 +424,121 @@ def sweep_section(args, env: dict) -> list[dict]:
                 f"({by_mode[mode]['jobs_per_hour']:.0f} jobs/hour)",
                 flush=True,
             )
-        base = by_mode.get("per_process")
+        base = by_mode.get("naive")
         for result in by_mode.values():
-            result.update(
-                model=model_name, vs_per_process=result["jobs_per_hour"] / base["jobs_per_hour"] if base else None
-            )
+            result.update(model=model_name, vs_naive=result["jobs_per_hour"] / base["jobs_per_hour"] if base else None)
             results.append(result)
     return results
 
 
-def full_sweep_section(args, env: dict, sweeps: list[dict]) -> dict:
-    """A ~100-job sweep of the default model, run for real in the mode that gave the
-    most jobs/hour in the small sweeps (``--full-sweep-mode`` to choose)."""
-    measured = [s for s in sweeps if s["model"] == "cnn" and s["done"] == s["jobs"]]
-    mode = args.full_sweep_mode or (max(measured, key=lambda s: s["jobs_per_hour"])["mode"] if measured else "parallel")
+def full_sweep_section(args, env: dict) -> dict:
+    """A ~100-job lambda_search-style sweep of the default model with the recommended launcher."""
     grid = sweep_grid(args.full_sweep_jobs)
-    result = run_sweep(mode, grid, job_overrides(args, "cnn"), args.work_dir / "full_sweep", env)
+    result = run_sweep(args.full_sweep_mode, grid, job_overrides(args, "cnn"), args.work_dir / "full_sweep", env)
     result["arguments"] = sweep_arguments(grid)
-    print(f"  {result['jobs']}-job sweep ({mode}): {result['seconds']:.0f} s", flush=True)
+    print(f"  {result['jobs']}-job sweep ({args.full_sweep_mode}): {result['seconds']:.0f} s", flush=True)
     return result
 
 
+def grid_section(args, env: dict) -> dict:
+    """The protocol's full grid (experiment=full_grid_search) with the recommended launcher."""
+    folder = args.work_dir / "full_grid"
+    extra = ["trainer.lr=0.001", "loss.lam=1", "pool.size=10,100", "seed=0"] if args.tiny else []
+    command = xilsweep_command(
+        "-m",
+        "experiment=full_grid_search",
+        *LAUNCHERS["parallel"],
+        f"data.root={args.data_root}",
+        *args.job_overrides,
+        *extra,
+        f"hydra.sweep.dir={folder}",
+    )
+    seconds, peak, status, tail = run_measured(command, REPO, env)
+    if status:
+        print(tail, file=sys.stderr)
+    planned = len(yaml.safe_load((folder / "planned_jobs.yaml").read_text())["jobs"])
+    result = {"jobs": planned, "done": finished_jobs(folder), "seconds": seconds, "peak_rss_mb": peak}
+    print(f"  full_grid_search: {result['done']}/{planned} jobs in {seconds:.0f} s", flush=True)
+    return result
+
+
+def target(name: str, value: float, limit: float, unit: str, higher_is_better: bool, detail: str = "") -> str:
+    """One target line: the measured value, the target, their ratio (> 1: met)."""
+    ratio = value / limit if higher_is_better else limit / value
+    verdict = "met" if ratio >= 1 else "NOT met"
+    return (
+        f"{name}: {value:.2f}{unit} (target {'>=' if higher_is_better else '<='} {limit:g}{unit}; "
+        f"{ratio:.2f}x the target, {verdict}){detail}"
+    )
+
+
 def targets(report: dict) -> list[str]:
-    """The issue's targets against what this run measured."""
+    """Every target of the speed issue against what this run measured."""
     lines = []
+    full, grid = report.get("full_sweep"), report.get("grid")
+    if full:
+        lines.append(
+            target(
+                f"{full['jobs']}-job sweep, default settings, {full['mode']} launcher",
+                full["seconds"] / 60,
+                4,
+                " min",
+                False,
+            )
+        )
+    naive = [s for s in report.get("sweeps", []) if s["model"] == "cnn" and s["mode"] == "naive"]
+    if full and naive:
+        lines.append(
+            target(
+                "jobs/hour of that sweep against the naive way (one process per job, reason metrics "
+                "every epoch on the whole test set)",
+                full["jobs_per_hour"] / naive[0]["jobs_per_hour"],
+                3,
+                "x",
+                True,
+                f" [{full['jobs_per_hour']:.0f} vs {naive[0]['jobs_per_hour']:.0f}]",
+            )
+        )
+    if grid:
+        lines.append(
+            target(f"full_grid_search ({grid['done']}/{grid['jobs']} jobs)", grid["seconds"] / 60, 6, " min", False)
+        )
     loops = {(r["model"], r["threads"]): r for r in report.get("loop", [])}
-    default = [r for (model, _), r in loops.items() if model == "cnn"]
-    if default:
-        best = max(default, key=lambda r: r["loop_vs_reference"])
+    for (model, threads), r in loops.items():
+        if model == "cnn":
+            lines.append(
+                target(
+                    f"training loop vs plain reference, default model, {threads} thread(s)",
+                    r["loop_vs_reference"],
+                    1.3,
+                    "x",
+                    True,
+                )
+            )
+        if model == "cnn_examples":
+            lines.append(
+                target(
+                    f"conv32-conv64 training, share of the matmul ceiling, {threads} thread(s)",
+                    r["train_percent_of_ceiling"],
+                    60,
+                    "%",
+                    True,
+                )
+            )
+    profile = report.get("profile")
+    if profile:
+        mean = profile["warm_mean"]
         lines.append(
-            f"training loop vs plain reference, default model: {best['loop_vs_reference']:.2f}x "
-            f"({best['threads']} thread(s); target >= 1.3x)"
+            target("reason metrics, share of a default job's time", 100 * mean["reasons_share"], 20, "%", False)
         )
-    examples = [r for (model, _), r in loops.items() if model == "cnn_examples"]
-    if examples:
-        best = max(examples, key=lambda r: r["train_percent_of_ceiling"])
         lines.append(
-            f"conv32-conv64 CNN training: {best['train_percent_of_ceiling']:.0f}% of the matrix-product "
-            f"ceiling ({best['threads']} thread(s); target >= 60%)"
-        )
-    if report.get("full_sweep"):
-        r = report["full_sweep"]
-        lines.append(
-            f"{r['jobs']}-job sweep of the default model: {r['seconds'] / 60:.1f} min with {r['mode']} "
-            f"(target < 10 min)"
+            target(
+                "start-up per job in a warm worker (config, data, cached models, TensorBoard)",
+                mean["startup"],
+                1,
+                " s",
+                False,
+            )
         )
     return lines
 
@@ -436,6 +549,22 @@ def table(report: dict) -> str:
         f"xilsweep speed benchmark: {machine['cpus']} CPUs, torch {machine['torch']}, "
         f"load average {machine['load_before']:.1f} before, {machine['load_after']:.1f} after"
     ]
+    if report.get("profile"):
+        keys = ("total", "startup", "compose", "assemble", "start", "fit", "end", "reasons")
+        lines += [
+            "",
+            "Profile: seconds per default job, jobs one after another in one process (first row: the first job, "
+            "which also imports and warms up)",
+            "",
+            "| job | epochs | " + " | ".join(keys) + " | reasons share |",
+            "|---|---|" + "---|" * (len(keys) + 1),
+        ]
+        rows = [("first", report["profile"]["first_job"]), ("warm, mean", report["profile"]["warm_mean"])]
+        for name, row in rows:
+            share = f"{100 * row['reasons'] / row['total']:.0f}%"
+            lines.append(
+                f"| {name} | {row['epochs']:.1f} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + f" | {share} |"
+            )
     if report.get("loop"):
         lines += [
             "",
@@ -484,11 +613,11 @@ def table(report: dict) -> str:
             "",
             "Sweeps: wall time, jobs/hour, peak RSS of the largest process",
             "",
-            "| model | mode | jobs done | seconds | jobs/hour | x one job per process | peak RSS MB |",
+            "| model | mode | jobs done | seconds | jobs/hour | x naive | peak RSS MB |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in report["sweeps"]:
-            ratio = f"{r['vs_per_process']:.2f}x" if r["vs_per_process"] else "-"
+            ratio = f"{r['vs_naive']:.2f}x" if r["vs_naive"] else "-"
             lines.append(
                 f"| {r['model']} | {r['mode']} | {r['done']}/{r['jobs']} | {r['seconds']:.1f} "
                 f"| {r['jobs_per_hour']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} |"
@@ -501,6 +630,9 @@ def table(report: dict) -> str:
             f"{' '.join(r['arguments'])}): {r['done']}/{r['jobs']} done in {r['seconds']:.0f} s "
             f"({r['seconds'] / 60:.1f} min)",
         ]
+    if report.get("grid"):
+        r = report["grid"]
+        lines += ["", f"experiment=full_grid_search (parallel): {r['done']}/{r['jobs']} done in {r['seconds']:.0f} s"]
     if targets(report):
         lines += ["", "Targets:", *(f"- {line}" for line in targets(report))]
     return "\n".join(lines)
@@ -511,26 +643,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.json")
     parser.add_argument("--tiny", action="store_true", help="a quick check on a 300-image subset (for tests)")
     parser.add_argument(
-        "--sections", default="loop,compile,sweeps,full", help="comma-separated: loop, compile, sweeps, full"
+        "--sections",
+        default="profile,loop,sweeps,full,grid",
+        help="comma-separated: profile, loop, sweeps, full, grid, compile",
     )
-    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count()}))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads of the loop section")
+    parser.add_argument("--models", nargs="+", default=["cnn", "cnn_examples"], choices=MODELS)
+    parser.add_argument("--profile-jobs", type=int, default=3, help="warm jobs of the profile section")
     parser.add_argument("--repeats", type=int, default=4, help="rounds of the loop measurements")
     parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--sweep-models", nargs="+", default=["cnn", "lenet", "mlp"], choices=MODELS)
+    parser.add_argument("--sweep-models", nargs="+", default=["cnn"], choices=MODELS)
     parser.add_argument("--modes", nargs="+", default=list(SWEEP_MODES), choices=SWEEP_MODES)
     parser.add_argument("--sweep-jobs", type=int, default=8)
     parser.add_argument("--full-sweep-jobs", type=int, default=100)
-    parser.add_argument(
-        "--full-sweep-mode", choices=SWEEP_MODES, help="default: the mode with the most jobs/hour in the sweeps section"
-    )
+    parser.add_argument("--full-sweep-mode", choices=SWEEP_MODES, default="parallel", help="the recommended launcher")
     parser.add_argument("--data-root", type=Path, default=REPO / "data")
     parser.add_argument("--work-dir", type=Path, default=None, help="job folders (default: a temporary folder)")
     args = parser.parse_args(argv)
     args.job_overrides = TINY if args.tiny else []
     if args.tiny:
         args.threads, args.models, args.repeats, args.matmul_size = [1], ["cnn"], 1, 256
-        args.sweep_models, args.sweep_jobs, args.full_sweep_jobs = ["cnn"], 2, 2
+        args.sweep_models, args.sweep_jobs, args.full_sweep_jobs, args.profile_jobs = ["cnn"], 2, 2, 1
     sections = set(args.sections.split(","))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     report = {
@@ -544,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="xilsweep-bench-") as scratch:
         args.work_dir = args.work_dir or Path(scratch)
+        if "profile" in sections:
+            report["profile"] = profile_section(args)
         if "loop" in sections:
             report["loop"] = loop_section(args)
         if "compile" in sections:
@@ -551,7 +686,9 @@ def main(argv: list[str] | None = None) -> int:
         if "sweeps" in sections:
             report["sweeps"] = sweep_section(args, env)
         if "full" in sections:
-            report["full_sweep"] = full_sweep_section(args, env, report.get("sweeps", []))
+            report["full_sweep"] = full_sweep_section(args, env)
+        if "grid" in sections:
+            report["grid"] = grid_section(args, env)
     report["machine"]["load_after"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")

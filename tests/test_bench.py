@@ -18,7 +18,7 @@ def test_benchmark_runs_and_writes_its_json(data_root, tmp_path):
             "--tiny",
             f"--data-root={data_root}",
             f"--out={out}",
-            "--sections=loop,sweeps",
+            "--sections=profile,loop,sweeps",
             "--modes=in_process",
             f"--work-dir={tmp_path / 'jobs'}",
         ],
@@ -38,4 +38,8 @@ def test_benchmark_runs_and_writes_its_json(data_root, tmp_path):
     (sweep,) = report["sweeps"]
     assert sweep["mode"] == "in_process" and sweep["done"] == sweep["jobs"] == 2
     assert sweep["jobs_per_hour"] > 0 and sweep["peak_rss_mb"] > 0
+    profile = report["profile"]["warm_mean"]
+    assert profile["startup"] == pytest.approx(profile["compose"] + profile["assemble"] + profile["start"])
+    assert 0 < profile["reasons_share"] < 1 and profile["total"] >= profile["fit"] > 0
+    assert "reason metrics, share of a default job's time" in result.stdout  # a target line, measured
     assert "| 1 | cnn |" in result.stdout and "| cnn | in_process | 2/2 |" in result.stdout

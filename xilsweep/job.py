@@ -8,6 +8,7 @@ the benchmark, the tests) goes through ``assemble``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -28,7 +29,7 @@ import xilsweep.config  # noqa: F401 (registers the config schemas Hydra compose
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.data import XILData
 from xilsweep.errors import NonFiniteLossError, SettingError
-from xilsweep.files import read_checked, save_state_dict
+from xilsweep.files import atomic_write_json, digest, read_checked, save_state_dict
 from xilsweep.losses import XILLoss
 from xilsweep.reasons import REASON_TAGS, Explainer, shortcut_removed_all
 from xilsweep.sampling import MixedBatchSampler
@@ -86,6 +87,7 @@ class Job:
     trainer: Trainer
     explainer: Explainer
     config: dict  # the resolved config, kept in metrics.json
+    assemble_seconds: float = 0.0
 
     @property
     def confounded_class(self) -> int | None:
@@ -108,8 +110,27 @@ class Job:
             "data": self.data.key,
         }
 
-    def reasons(self, model: torch.nn.Module, attributions: bool = True) -> dict:
-        return self.explainer.reasons(model, self.data, self.confounded_class, attributions)
+    def reasons(self, model: torch.nn.Module, attributions: bool = True, monitor: bool = False) -> dict:
+        return self.explainer.reasons(model, self.data, self.confounded_class, attributions, monitor)
+
+    def reference_reasons(self, model: torch.nn.Module, reference: dict) -> tuple[dict, dict]:
+        """A reference model's reasons under this job's explainer, on the whole
+        test set and on the monitored subset, cached beside the cached model:
+        every job of a sweep needs them. A user's own checkpoint is not written beside."""
+
+        def compute() -> dict:
+            return {"full": self.reasons(model), "monitored": self.reasons(model, monitor=True)}
+
+        if "checkpoint" in reference["settings"]:
+            both = compute()
+        else:
+            settings = {k: v for k, v in self.config["explainer"].items() if k != "attribution_every"}
+            name = f"reasons_{digest(json.dumps(settings, sort_keys=True))[:10]}.json"
+            path = Path(reference["path"]).with_name(name)
+            both = json.loads(path.read_text()) if path.exists() else compute()
+            if not path.exists():
+                atomic_write_json(both, path)
+        return both["full"], both["monitored"]
 
     def run(self, out_dir: Path, overrides: list[str] | None = None) -> dict:
         """Fine-tune, record every epoch, evaluate; returns the ``metrics.json`` record.
@@ -138,10 +159,14 @@ class Job:
         write_metrics(out_dir, record)
         try:
             # Before fit, self.model is the confounded model (epoch 0), also when resuming.
-            record["confounded"] = {**self.confounded, **self.reasons(self.model)}
-            record["oracle"] = {**self.oracle, **self.reasons(self.oracle_model)}
-            epochs = EpochRecorder(recorder, self, record["confounded"], record["oracle"], resuming)
+            started = time.perf_counter()
+            confounded, confounded_monitored = self.reference_reasons(self.model, self.confounded)
+            oracle, oracle_monitored = self.reference_reasons(self.oracle_model, self.oracle)
+            references_seconds = time.perf_counter() - started
+            record["confounded"], record["oracle"] = {**self.confounded, **confounded}, {**self.oracle, **oracle}
+            epochs = EpochRecorder(recorder, self, confounded_monitored, oracle_monitored, resuming)
             torch.manual_seed(self.seed)
+            fit_began = time.perf_counter()
             train = self.pool.with_known_masks(self.data.train)  # mask-based losses see only the pool's masks
             fit = self.trainer.fit(
                 self.model,
@@ -153,8 +178,10 @@ class Job:
                 on_epoch=epochs,
                 checkpoint=checkpoint,
             )
+            fit_ended = time.perf_counter()
             test = self.trainer.evaluate(self.model, self.data.test)
             final = self.reasons(self.model)  # of the best (restored) model
+            final_reasons_seconds = time.perf_counter() - fit_ended
             record.update(
                 {
                     "status": "done",
@@ -176,6 +203,13 @@ class Job:
             recorder.hparams(record["settings"], final_metrics(record))
             if self.save_model:
                 save_state_dict(self.model, out_dir / "model.pth")
+            record["timings"] = {  # where the job's time went (seconds)
+                "assemble": self.assemble_seconds,
+                "start": fit_began - began,  # TensorBoard run, sample grids, the references' reasons
+                "fit": fit_ended - fit_began,  # the epochs, their evaluation and reason metrics included
+                "end": time.perf_counter() - fit_ended,  # test evaluation, final reasons, hparams, weights
+                "reasons": references_seconds + sum(epochs.reason_seconds) + final_reasons_seconds,
+            }
             checkpoint.unlink(missing_ok=True)  # the job is complete; model.pth holds the result
         except Exception as e:
             reason = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
@@ -208,6 +242,7 @@ def assemble(cfg: DictConfig) -> Job:
     reported, one line each, before any data is generated or loaded; the pool
     and the sampler, which depend on the data's sizes, are checked next.
     """
+    began = time.perf_counter()
     problems: list[str] = []
 
     def attempt(group: str, **supplied):
@@ -270,6 +305,7 @@ def assemble(cfg: DictConfig) -> Job:
         trainer=trainer,
         explainer=explainer,
         config=resolved_settings(cfg),
+        assemble_seconds=time.perf_counter() - began,
     )
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from xilsweep.data import Split, XILData
 from xilsweep.errors import SettingError, require
-from xilsweep.training import predict_logits
+from xilsweep.training import EVAL_BATCH_SIZE, predict_logits
 
 # reasons() key -> TensorBoard tag; the keys are also the metrics.json names
 REASON_TAGS = {
@@ -41,9 +41,8 @@ RELIANCE_RANGES = {
     "wrong_reason_score": 100.0,
 }
 MIN_GAP = 0.05
-# Images per forward/backward pass: batched, and small enough for the CPU caches (on the
-# default CNN 256 is about 1.7x faster per image than 1000) and for memory on large test sets.
-CHUNK = 256
+# Images per forward/backward pass, as for evaluation.
+CHUNK = EVAL_BATCH_SIZE
 
 
 def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
@@ -151,7 +150,10 @@ class Explainer:
     number in [0, 1]); ``n_images`` caps the dotted test images explained per
     evaluation (null: all); ``attribution_every``: the attribution metrics and
     explanation grids every this many epochs of fine-tuning (the confounded
-    and the final model always), the forward-only metrics every epoch.
+    and the final model always), the forward-only metrics every epoch, both
+    during fine-tuning on ``monitor_images`` test images (a fixed seeded
+    subset, the same for every model; null: all), the reported figures of the
+    references and the final model on the whole test set.
     """
 
     name = "explainer"
@@ -162,6 +164,7 @@ class Explainer:
         n_images: int | None = 1000,
         target: str = "label",
         attribution_every: int = 5,
+        monitor_images: int | None = 300,
     ):
         require(
             threshold in THRESHOLD_RULES
@@ -183,8 +186,14 @@ class Explainer:
             attribution_every,
             "an integer >= 1",
         )
+        require(
+            monitor_images is None or (isinstance(monitor_images, int) and monitor_images >= 1),
+            "monitor_images",
+            monitor_images,
+            "null (all) or an integer >= 1",
+        )
         self.threshold, self.n_images, self.target = threshold, n_images, target
-        self.attribution_every = attribution_every
+        self.attribution_every, self.monitor_images = attribution_every, monitor_images
 
     def check(self, model: torch.nn.Module) -> None:
         """Raise a SettingError when this method cannot explain ``model``."""
@@ -211,17 +220,27 @@ class Explainer:
         return dict(zip(images, shown.split([len(v) for v in images.values()]), strict=True))
 
     def reasons(
-        self, model: torch.nn.Module, data: XILData, confounded_class: int | None, attributions: bool = True
+        self,
+        model: torch.nn.Module,
+        data: XILData,
+        confounded_class: int | None,
+        attributions: bool = True,
+        monitor: bool = False,
     ) -> dict:
         """The four reason metrics of ``model`` on the test set (docs/reliance.md);
         a metric that does not apply, or is not computed, is None.
 
         The maps explain the dotted test images of ``confounded_class`` (all
         dotted test images when it is None, which also drops the flip rate);
-        ``attributions=False`` skips them (forward passes only).
+        ``attributions=False`` skips them (forward passes only); ``monitor``
+        uses the ``monitor_images`` subset.
         """
         device = next(model.parameters()).device
-        dotted = data.test_dotted.to(device)
+        test, dotted = data.test, data.test_dotted
+        if monitor and self.monitor_images is not None:
+            chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: self.monitor_images]
+            test, dotted = test.subset(chosen), dotted.subset(chosen)
+        dotted = dotted.to(device)
         labels, c = dotted.labels, confounded_class
         dotted_pred = predict_logits(model, dotted.x, CHUNK).argmax(1)
         has_dots = dotted.mask.flatten(1).any(1)
@@ -233,7 +252,7 @@ class Explainer:
         }
         if c is not None:
             others = has_dots & (labels != c)  # test_dotted is the clean test set plus dots, image for image
-            clean_pred = predict_logits(model, data.test.x[others.cpu()].to(device), CHUNK).argmax(1)
+            clean_pred = predict_logits(model, test.x[others.cpu()].to(device), CHUNK).argmax(1)
             result["dot_flip_rate"] = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], c)
         explained = torch.nonzero(has_dots & (labels == c) if c is not None else has_dots).flatten()
         explained = explained[: self.n_images if attributions else 0]

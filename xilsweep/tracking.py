@@ -89,8 +89,10 @@ class EpochRecorder:
     lines in the Reliance charts), explanation grids, and one log line.
 
     The forward-only reliance figures are computed every epoch, the
-    attribution figures and grids every ``explainer.attribution_every`` epochs;
-    epoch 0 is the confounded model, whose figures are already known.
+    attribution figures and grids every ``explainer.attribution_every`` epochs,
+    on the explainer's monitored test images and read against the references'
+    figures on the same images; epoch 0 is the confounded model, whose figures
+    are already known.
     """
 
     def __init__(self, recorder: RunRecorder, job, confounded: dict, oracle: dict, resuming: bool):
@@ -117,7 +119,7 @@ class EpochRecorder:
         began = time.perf_counter()
         explainer, model = self.job.explainer, self.job.model
         attributions = epoch % explainer.attribution_every == 0
-        reasons = self.confounded if epoch == 0 else self.job.reasons(model, attributions)
+        reasons = self.confounded if epoch == 0 else self.job.reasons(model, attributions, monitor=True)
         if attributions:
             self.recorder.images(
                 {f"Explanations/{view}": x for view, x in explainer.views(model, self.shown).items()}, step=epoch
