@@ -24,8 +24,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# -n auto: one test worker per core; the cluster tests share one worker (xdist_group)
 test: lint
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadgroup $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/speed.py $(ARGS)

@@ -18,6 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import REPO, TINY
 from xilsweep.report import find_jobs
 
+# The services these tests start (and their ports) are one per machine: one test worker runs them all.
+pytestmark = pytest.mark.xdist_group("cluster")
+
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
 FAST = [*TINY, "save_model=false", "explainer.n_images=16", "hydra/launcher=slurm"]
 
