@@ -15,6 +15,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -25,12 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import xilsweep
 import xilsweep.config  # noqa: F401 (registers the config schemas Hydra composes from)
-from xilsweep.correction import UserCorrectedDataset
-from xilsweep.data import XILData
+from xilsweep.correction import UserCorrectedDataset, dotted_validation
+from xilsweep.data import Split, XILData
 from xilsweep.errors import NonFiniteLossError, SettingError
 from xilsweep.files import read_checked, save_state_dict
 from xilsweep.losses import XILLoss
-from xilsweep.reasons import REASON_TAGS, Explainer, shortcut_removed_all
+from xilsweep.reasons import REASON_TAGS, Explainer, shortcut_removed_all, validation_reliance
 from xilsweep.sampling import MixedBatchSampler
 from xilsweep.tracking import EpochRecorder, RunRecorder, write_metrics
 from xilsweep.training import Trainer
@@ -38,6 +39,9 @@ from xilsweep.training import Trainer
 log = logging.getLogger("xilsweep")
 CHECKPOINT_FILE = "checkpoint.pth"
 REFERENCES = ("confounded", "oracle")
+# objective -> what a job returns to the sweeper: the best epoch's clean validation accuracy
+# (maximise), or it and the validation dot flip rate (maximise, minimise) for a Pareto search
+OBJECTIVES = ("clean", "pareto")
 
 
 class ConfigError(Exception):
@@ -86,6 +90,7 @@ class Job:
     trainer: Trainer
     explainer: Explainer
     config: dict  # the resolved config, kept in metrics.json
+    val_dotted: Split | None = None  # the validation images with the pool's confounders (None: empty pool)
 
     @property
     def confounded_class(self) -> int | None:
@@ -143,6 +148,15 @@ class Job:
             epochs = EpochRecorder(recorder, self, record["confounded"], record["oracle"], resuming)
             torch.manual_seed(self.seed)
             train = self.pool.with_known_masks(self.data.train)  # mask-based losses see only the pool's masks
+            validate = None
+            if self.val_dotted is not None:  # validation data only: the test set stays unseen until the end
+                device = self.trainer.device
+                validate = partial(
+                    validation_reliance,
+                    val=self.data.val.to(device),
+                    val_dotted=self.val_dotted.to(device),
+                    confounded_class=self.confounded_class,
+                )
             fit = self.trainer.fit(
                 self.model,
                 train=train,
@@ -152,16 +166,18 @@ class Job:
                 loss_fn=self.loss,
                 on_epoch=epochs,
                 checkpoint=checkpoint,
+                validate=validate,
             )
             test = self.trainer.evaluate(self.model, self.data.test)
             final = self.reasons(self.model)  # of the best (restored) model
             record.update(
                 {
                     "status": "done",
-                    "objective": fit.best_val_accuracy,
                     "best_epoch": fit.best_epoch,
                     "epochs_run": fit.epochs_run,
                     "best_val_accuracy": fit.best_val_accuracy,
+                    "best_val_dotted_accuracy": fit.history[fit.best_epoch].get("val_dotted_accuracy"),
+                    "best_val_dot_flip_rate": fit.history[fit.best_epoch].get("val_dot_flip_rate"),
                     "test_accuracy": test["accuracy"],
                     "test_loss": test["loss"],
                     **final,
@@ -192,6 +208,8 @@ def final_metrics(record: dict) -> dict:
     """The hparams entry's metrics: the corrected model's, the share of the shortcut removed, the references'."""
     return {
         "Final/best_val_accuracy": record["best_val_accuracy"],
+        "Final/best_val_dotted_accuracy": record["best_val_dotted_accuracy"],
+        "Final/best_val_dot_flip_rate": record["best_val_dot_flip_rate"],
         "Final/test_accuracy": record["test_accuracy"],
         **{f"Final/{key}": record[key] for key in REASON_TAGS},
         **{f"Final/shortcut_removed_{key}": value for key, value in record["shortcut_removed"].items()},
@@ -230,6 +248,7 @@ def assemble(cfg: DictConfig) -> Job:
                 needs_model.check(model)
             except SettingError as e:
                 problems.append(str(e))
+    problems += needs_the_pool(cfg, trainer, pool_spec, data_spec)
     if problems:
         raise ConfigError("\n".join(problems))
     seed_everything(cfg.seed)
@@ -254,6 +273,7 @@ def assemble(cfg: DictConfig) -> Job:
     def fresh_model():
         return build(cfg, "model", num_classes=num_classes)
 
+    val_dotted = dotted_validation(data.val, pool.original, cfg.seed)
     model, confounded = pretrain.confounded_model(data, fresh_model, model_settings, trainer)
     oracle_model, oracle = pretrain.oracle_model(data, fresh_model, model_settings, trainer)
     return Job(
@@ -270,7 +290,31 @@ def assemble(cfg: DictConfig) -> Job:
         trainer=trainer,
         explainer=explainer,
         config=resolved_settings(cfg),
+        val_dotted=val_dotted,
     )
+
+
+def needs_the_pool(cfg: DictConfig, trainer, pool_spec, data_spec) -> list[str]:
+    """Problems of the settings that read the validation reliance, which the pool's
+    marked confounders make: the stopping score and the objective."""
+    problems = []
+    objective = cfg.get("objective", "clean")
+    if objective not in OBJECTIVES:
+        problems.append(f"objective={objective!r} is not allowed: one of {', '.join(OBJECTIVES)}")
+    empty_pool = pool_spec is not None and pool_spec.size == 0
+    if trainer is not None and trainer.stop_on != "clean" and empty_pool:
+        problems.append(
+            f"trainer.stop_on={trainer.stop_on!r} is not allowed: clean with pool.size=0 "
+            "(the dotted validation images are made from the pool)"
+        )
+    if objective == "pareto" and empty_pool:
+        problems.append("objective='pareto' is not allowed: clean with pool.size=0 (no validation flip rate)")
+    if objective == "pareto" and data_spec is not None and data_spec.confounded_class is None:
+        problems.append(
+            f"objective='pareto' is not allowed: clean with {type(data_spec).__name__} "
+            "(no confounded class, so no dot flip rate)"
+        )
+    return problems
 
 
 def resolved_settings(cfg: DictConfig) -> dict:
