@@ -116,6 +116,20 @@ class Job:
     def reasons(self, model: torch.nn.Module, attributions: bool = True) -> dict:
         return self.explainer.reasons(model, self.data, self.confounded_class, attributions)
 
+    def validation(self):
+        """``validate(model)`` of the fit: the reliance figures on the dotted validation
+        images (validation data only; the test set stays unseen until the end); None
+        without a pool."""
+        if self.val_dotted is None:
+            return None
+        device = self.trainer.device
+        return partial(
+            validation_reliance,
+            val=self.data.val.to(device),
+            val_dotted=self.val_dotted.to(device),
+            confounded_class=self.confounded_class,
+        )
+
     def run(self, out_dir: Path, overrides: list[str] | None = None) -> dict:
         """Fine-tune, record every epoch, evaluate; returns the ``metrics.json`` record.
 
@@ -148,15 +162,6 @@ class Job:
             epochs = EpochRecorder(recorder, self, record["confounded"], record["oracle"], resuming)
             torch.manual_seed(self.seed)
             train = self.pool.with_known_masks(self.data.train)  # mask-based losses see only the pool's masks
-            validate = None
-            if self.val_dotted is not None:  # validation data only: the test set stays unseen until the end
-                device = self.trainer.device
-                validate = partial(
-                    validation_reliance,
-                    val=self.data.val.to(device),
-                    val_dotted=self.val_dotted.to(device),
-                    confounded_class=self.confounded_class,
-                )
             fit = self.trainer.fit(
                 self.model,
                 train=train,
@@ -166,7 +171,7 @@ class Job:
                 loss_fn=self.loss,
                 on_epoch=epochs,
                 checkpoint=checkpoint,
-                validate=validate,
+                validate=self.validation(),
             )
             test = self.trainer.evaluate(self.model, self.data.test)
             final = self.reasons(self.model)  # of the best (restored) model

@@ -27,11 +27,13 @@ from xilsweep.tracking import METRICS_FILE
 log = logging.getLogger("xilsweep")
 
 
-def run_name(lr, loss, lam, pool, seed) -> str:
+def run_name(lr, loss, lam, pool, seed, correction="zero") -> str:
     """Folder/run name from the settings a sweep usually varies (values as written,
-    unchecked: validation happens in the job, which reports bad values clearly)."""
+    unchecked: validation happens in the job, which reports bad values clearly);
+    a correction other than the guide's zero fill is named after the pool size."""
     lam_part = "" if lam is None else f"_lambda{lam}"
-    return f"lr{lr}_loss{loss}{lam_part}_pool{pool}_seed{seed}"
+    correction_part = "" if correction == "zero" else f"_{correction}"
+    return f"lr{lr}_loss{loss}{lam_part}_pool{pool}{correction_part}_seed{seed}"
 
 
 OmegaConf.register_resolver("xil_run_name", run_name, replace=True)
