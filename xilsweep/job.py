@@ -253,7 +253,7 @@ def assemble(cfg: DictConfig) -> Job:
                 needs_model.check(model)
             except SettingError as e:
                 problems.append(str(e))
-    problems += needs_the_pool(cfg, trainer, pool_spec, data_spec)
+    problems += objective_and_stopping_problems(cfg, trainer, pool_spec, data_spec)
     if problems:
         raise ConfigError("\n".join(problems))
     seed_everything(cfg.seed)
@@ -299,9 +299,9 @@ def assemble(cfg: DictConfig) -> Job:
     )
 
 
-def needs_the_pool(cfg: DictConfig, trainer, pool_spec, data_spec) -> list[str]:
-    """Problems of the settings that read the validation reliance, which the pool's
-    marked confounders make: the stopping score and the objective."""
+def objective_and_stopping_problems(cfg: DictConfig, trainer, pool_spec, data_spec) -> list[str]:
+    """Problems of the objective and of the stopping score; those other than clean read
+    the validation reliance, which the pool's marked confounders make."""
     problems = []
     objective = cfg.get("objective", "clean")
     if objective not in OBJECTIVES:
