@@ -4,6 +4,7 @@ Optuna search and its Pareto report, and the methods comparisons (issue #11)."""
 import json
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -15,7 +16,7 @@ from xilsweep.correction import dotted_validation
 from xilsweep.job import ConfigError, assemble, build
 from xilsweep.losses import BaselineBalancedLoss
 from xilsweep.models import ConvNet
-from xilsweep.report import non_dominated, write_report
+from xilsweep.report import fmt, non_dominated, reliance_markdown, summary_table, write_report
 from xilsweep.run import run_job
 from xilsweep.sampling import MixedBatchSampler
 from xilsweep.training import STOP_SCORES, Trainer, fit_until_early_stopping
@@ -259,3 +260,29 @@ def test_compare_methods_runs_end_to_end_and_reports_one_row_per_method(data_roo
     assert {"wrong-reason score", "s/epoch", "pool.correction"} <= {c.strip() for c in table[0].split("|")}
     assert table[2].startswith("| oracle (floor)") and table[3].startswith("| confounded (ceiling)")
     assert len(table) == 4 + len(METHODS)  # header, rule, the two references, a row per method
+
+
+def test_reliance_table_gives_each_model_its_own_reference_rows():
+    jobs = [
+        {"model": model, "loss": loss, "seed": seed, "status": "done", "test_accuracy": accuracy + 0.01 * seed}
+        for model, accuracy in (("mlp", 0.7), ("cnn", 0.9))
+        for loss in ("balanced", "rrr")
+        for seed in (0, 1)
+    ]
+    for job in jobs:  # one pair of reference models per (model, seed), their accuracy the model's
+        for kind in ("oracle", "confounded"):
+            job[f"{kind}.path"] = f"{kind}/{job['model']}/{job['seed']}"
+            job[f"{kind}.test_accuracy"] = job["test_accuracy"]
+    table = pd.DataFrame(jobs)
+    varied = ["model", "loss", "seed"]
+    lines = reliance_markdown(table, summary_table(table, varied), varied).splitlines()
+    references = [line.split(" | ") for line in lines[2:6]]
+    assert [(cells[0].strip("| "), cells[1]) for cells in references] == [
+        ("mlp", "oracle (floor)"),
+        ("cnn", "oracle (floor)"),
+        ("mlp", "confounded (ceiling)"),
+        ("cnn", "confounded (ceiling)"),
+    ]
+    for cells in references:  # n = that model's two reference models, their mean its own
+        model_jobs = table[table.model == cells[0].strip("| ")]
+        assert cells[2] == "2" and cells[3].startswith(fmt(model_jobs.test_accuracy.mean(), "test_accuracy"))

@@ -335,22 +335,29 @@ def reliance_markdown(table: pd.DataFrame, summary: pd.DataFrame, varied: list[s
     """Question 4: per setting, clean test accuracy and the reliance figures (mean ± std over
     seeds), the share of the shortcut removed and the seconds per epoch, under the oracle's and
     the confounded model's rows (mean ± std over the distinct reference models of the sweep's
-    finished jobs)."""
+    finished jobs; one pair per value of the varied settings the reference models are
+    trained with, such as the model)."""
     keys = [k for k in varied if k != SEED]
     done = table[table.status == "done"]
     columns = [c for c in (*RELIANCE, *REMOVED, SECONDS) if c in done and done[c].notna().any()]
+    reference_keys = [k for k in keys if k == "model" or k.startswith(("data", "pretrain"))]
+    label_key = next((k for k in keys if k not in reference_keys), "setting")
+    groups = done.groupby(reference_keys, sort=False, dropna=False) if reference_keys else [((), done)]
     rows = []
     for kind, label in REFERENCES.items():
         if f"{kind}.path" not in done:
             continue
-        models = done.drop_duplicates(f"{kind}.path")
-        rows.append(
-            {
-                **{k: label if i == 0 else "" for i, k in enumerate(keys or ["setting"])},
-                "n": len(models),
-                **{LABELS[c]: mean_std(models.get(f"{kind}.{c}"), c) if c in RELIANCE else "" for c in columns},
-            }
-        )
+        for values, part in groups:
+            models = part.drop_duplicates(f"{kind}.path")
+            rows.append(
+                {
+                    **{k: "" for k in keys or ["setting"]},
+                    **{k: fmt(v) for k, v in zip(reference_keys, values, strict=True)},
+                    label_key: label,
+                    "n": len(models),
+                    **{LABELS[c]: mean_std(models.get(f"{kind}.{c}"), c) if c in RELIANCE else "" for c in columns},
+                }
+            )
     for _, row in summary.iterrows():
         rows.append(
             {
