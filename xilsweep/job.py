@@ -109,6 +109,7 @@ class Job:
             "k": self.sampler.k_start,
             "batch_size": self.sampler.batch_size,
             "optimizer": self.trainer.optimizer_name,
+            "stop_on": self.trainer.stop_on,
             "n_train": len(self.data.train),
             "data": self.data.key,
         }

@@ -51,7 +51,7 @@ def objective_of(record: dict, objective: str) -> float | list[float]:
     accuracy = float(record["best_val_accuracy"])
     if objective == "clean":
         return accuracy
-    flip_rate = record["best_val_dot_flip_rate"]
+    flip_rate = record.get("best_val_dot_flip_rate")  # absent from jobs run before it existed
     return [accuracy, math.nan if flip_rate is None else float(flip_rate)]
 
 
@@ -103,7 +103,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> float | list[float]:
         record["best_epoch"],
     )
     if record["best_val_dotted_accuracy"] is not None:
-        flip_rate = record["best_val_dot_flip_rate"]
+        flip_rate = record.get("best_val_dot_flip_rate")  # absent from jobs run before it existed
         log.info(
             "validation reliance at that epoch (the pool's confounders pasted onto the validation images): "
             "dotted val accuracy %.2f%%, val dot flip rate %s",
