@@ -109,7 +109,7 @@ def profile_section(args) -> dict:
         out.mkdir(parents=True)
         run_job(cfg, out)
         record = json.loads((out / "metrics.json").read_text())
-        timings = {"compose": composed, **record["timings"], "total": time.perf_counter() - began}
+        timings = {"compose": composed, **record["seconds_by_stage"], "total": time.perf_counter() - began}
         timings["startup"] = timings["compose"] + timings["assemble"] + timings["start"]
         jobs.append({"epochs": record["epochs_run"], **timings})
     warm = jobs[1:]

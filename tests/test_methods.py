@@ -1,15 +1,10 @@
-"""More ways to correct: the Lagrangian constraint, the RRR penalty,
-Decoy-MNIST, and the compare_methods sweep."""
-
-import json
+"""More ways to correct: the Lagrangian constraint, the RRR penalty and
+Decoy-MNIST (the compare_methods sweeps: test_search.py)."""
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from helpers import REPO, TINY
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.data import ConfoundedMNIST08, load_mnist
 from xilsweep.decoy import NUM_CLASSES, DecoyMNIST, shade
@@ -172,47 +167,3 @@ def test_decoy_pool_draws_from_every_class_and_correction_removes_the_patch(deco
     assert (pool.corrected.x[pool.corrected.mask] == 0).all()
     with pytest.raises(SettingError, match="confounded training samples"):
         UserCorrectedDataset(decoy.train, pool_size=len(decoy.train) + 1, confounded_class=None)
-
-
-# --- compare_methods --------------------------------------------------------
-
-
-def test_compare_methods_sweeps_four_methods_two_pool_sizes_and_three_seeds():
-    with initialize_config_dir(config_dir=str(REPO / "conf")):
-        cfg = compose("config", overrides=["experiment=compare_methods"], return_hydra_config=True)
-    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
-    assert params["loss"] == ["balanced", "imbalanced", "lagrangian", "rrr"]
-    assert len(params["pool.size"]) >= 2 and len(params["seed"]) >= 3
-
-
-def test_compare_methods_runs_end_to_end_one_folder_per_job(xilsweep_cli, data_root, tmp_path):
-    """Tiny settings, one seed and one pool size (the sweep itself is checked above)."""
-    sweep = tmp_path / "sweep"
-    result = xilsweep_cli(
-        [
-            "-m",
-            "experiment=compare_methods",
-            *TINY,
-            "pool.size=10",
-            "trainer.max_epochs=1",
-            "seed=0",
-            "save_model=false",
-            f"data.root={data_root}",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        tmp_path,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    records = [json.loads((job / "metrics.json").read_text()) for job in jobs]
-    assert all(r["status"] == "done" for r in records)
-    assert [r["settings"]["loss"] for r in records] == ["balanced", "imbalanced", "lagrangian", "rrr"]
-    lagrangian = next(job for job, r in zip(jobs, records, strict=True) if r["settings"]["loss"] == "lagrangian")
-    ea = EventAccumulator(str(lagrangian), size_guidance={"scalars": 0})
-    ea.Reload()
-    assert {"Lagrangian/multiplier", "Lagrangian/violation", "Lagrangian/epsilon", "Sampler/k"} <= set(
-        ea.Tags()["scalars"]
-    )
-    rrr = next(r for r in records if r["settings"]["loss"] == "rrr")
-    assert rrr["history"][1]["RRR/penalty"] >= 0 and rrr["settings"]["lambda"] == 10.0

@@ -113,7 +113,7 @@ def wait_for_epoch(folder_of, numbers, epoch: int, deadline: float) -> int:
 def comparable(metrics: dict) -> dict:
     """A job's record without what differs between identical runs: timings, process,
     folder name, and the resume flag SLURM's restart sets."""
-    drop = {"seconds", "seconds_per_epoch", "reasons_seconds_per_epoch", "pid", "host", "run_name"}
+    drop = {"seconds", "seconds_per_epoch", "reasons_seconds_per_epoch", "seconds_by_stage", "pid", "host", "run_name"}
     record = {key: value for key, value in metrics.items() if key not in drop}
     record["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
     record["config"] = {**metrics["config"], "trainer": {**metrics["config"]["trainer"], "resume": None}}

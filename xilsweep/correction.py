@@ -1,5 +1,6 @@
-"""UserCorrectedDataset: the pool of training 8s a user has corrected, and the
-counterexamples made from it (pixel fills, or confounder transplants)."""
+"""UserCorrectedDataset: the pool of training 8s a user has corrected, the
+counterexamples made from it (pixel fills, or confounder transplants), and the
+dotted validation set made from its marked confounders."""
 
 from __future__ import annotations
 
@@ -45,8 +46,23 @@ def transplant(donors: Split, train: Split, generator: torch.Generator) -> Split
         require(len(others) > 0, "correction", "transplant", "training data with more than one class")
         order = others[torch.randperm(len(others), generator=generator)]
         recipients[takers] = order[torch.arange(len(takers)) % len(order)]
-    hosts = train.subset(recipients)
+    return paste(donors, train.subset(recipients))
+
+
+def paste(donors: Split, hosts: Split) -> Split:
+    """``hosts`` with each donor's masked pixels pasted in at the same positions
+    (image for image); labels kept, the mask is the pasted pixels."""
     return Split(torch.where(donors.mask, donors.x, hosts.x), hosts.targets, donors.mask)
+
+
+def dotted_validation(val: Split, pool_original: Split, seed: int) -> Split | None:
+    """The validation images, each with the confounder of a pool sample (drawn with
+    repeats, seeded) pasted in: what a user who marked the confounder can measure
+    reliance on without the test set. None for an empty pool."""
+    if len(pool_original) == 0:
+        return None
+    g = torch.Generator().manual_seed(seed + 3)
+    return paste(pool_original.subset(torch.randint(len(pool_original), (len(val),), generator=g)), val)
 
 
 class UserCorrectedDataset:

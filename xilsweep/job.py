@@ -16,6 +16,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -26,12 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import xilsweep
 import xilsweep.config  # noqa: F401 (registers the config schemas Hydra composes from)
-from xilsweep.correction import UserCorrectedDataset
-from xilsweep.data import XILData
+from xilsweep.correction import UserCorrectedDataset, dotted_validation
+from xilsweep.data import Split, XILData
 from xilsweep.errors import NonFiniteLossError, SettingError
 from xilsweep.files import atomic_write_json, digest, read_checked, save_state_dict
 from xilsweep.losses import XILLoss
-from xilsweep.reasons import REASON_TAGS, Explainer, shortcut_removed_all
+from xilsweep.reasons import REASON_TAGS, Explainer, shortcut_removed_all, validation_reliance
 from xilsweep.sampling import MixedBatchSampler
 from xilsweep.tracking import EpochRecorder, RunRecorder, write_metrics
 from xilsweep.training import Trainer
@@ -39,6 +40,9 @@ from xilsweep.training import Trainer
 log = logging.getLogger("xilsweep")
 CHECKPOINT_FILE = "checkpoint.pth"
 REFERENCES = ("confounded", "oracle")
+# objective -> what a job returns to the sweeper: the best epoch's clean validation accuracy
+# (maximise), or it and the validation dot flip rate (maximise, minimise) for a Pareto search
+OBJECTIVES = ("clean", "pareto")
 
 
 class ConfigError(Exception):
@@ -88,6 +92,7 @@ class Job:
     explainer: Explainer
     config: dict  # the resolved config, kept in metrics.json
     assemble_seconds: float = 0.0
+    val_dotted: Split | None = None  # the validation images with the pool's confounders (None: empty pool)
 
     @property
     def confounded_class(self) -> int | None:
@@ -106,6 +111,7 @@ class Job:
             "k": self.sampler.k_start,
             "batch_size": self.sampler.batch_size,
             "optimizer": self.trainer.optimizer_name,
+            "stop_on": self.trainer.stop_on,
             "n_train": len(self.data.train),
             "data": self.data.key,
         }
@@ -131,6 +137,20 @@ class Job:
             if not path.exists():
                 atomic_write_json(both, path)
         return both["full"], both["monitored"]
+
+    def validation(self):
+        """``validate(model)`` of the fit: the reliance figures on the dotted validation
+        images (validation data only; the test set stays unseen until the end); None
+        without a pool."""
+        if self.val_dotted is None:
+            return None
+        device = self.trainer.device
+        return partial(
+            validation_reliance,
+            val=self.data.val.to(device),
+            val_dotted=self.val_dotted.to(device),
+            confounded_class=self.confounded_class,
+        )
 
     def run(self, out_dir: Path, overrides: list[str] | None = None) -> dict:
         """Fine-tune, record every epoch, evaluate; returns the ``metrics.json`` record.
@@ -177,6 +197,7 @@ class Job:
                 loss_fn=self.loss,
                 on_epoch=epochs,
                 checkpoint=checkpoint,
+                validate=self.validation(),
             )
             fit_ended = time.perf_counter()
             test = self.trainer.evaluate(self.model, self.data.test)
@@ -185,10 +206,11 @@ class Job:
             record.update(
                 {
                     "status": "done",
-                    "objective": fit.best_val_accuracy,
                     "best_epoch": fit.best_epoch,
                     "epochs_run": fit.epochs_run,
                     "best_val_accuracy": fit.best_val_accuracy,
+                    "best_val_dotted_accuracy": fit.history[fit.best_epoch].get("val_dotted_accuracy"),
+                    "best_val_dot_flip_rate": fit.history[fit.best_epoch].get("val_dot_flip_rate"),
                     "test_accuracy": test["accuracy"],
                     "test_loss": test["loss"],
                     **final,
@@ -203,7 +225,7 @@ class Job:
             recorder.hparams(record["settings"], final_metrics(record))
             if self.save_model:
                 save_state_dict(self.model, out_dir / "model.pth")
-            record["timings"] = {  # where the job's time went (seconds)
+            record["seconds_by_stage"] = {  # where the job's time went
                 "assemble": self.assemble_seconds,
                 "start": fit_began - began,  # TensorBoard run, sample grids, the references' reasons
                 "fit": fit_ended - fit_began,  # the epochs, their evaluation and reason metrics included
@@ -226,6 +248,8 @@ def final_metrics(record: dict) -> dict:
     """The hparams entry's metrics: the corrected model's, the share of the shortcut removed, the references'."""
     return {
         "Final/best_val_accuracy": record["best_val_accuracy"],
+        "Final/best_val_dotted_accuracy": record["best_val_dotted_accuracy"],
+        "Final/best_val_dot_flip_rate": record["best_val_dot_flip_rate"],
         "Final/test_accuracy": record["test_accuracy"],
         **{f"Final/{key}": record[key] for key in REASON_TAGS},
         **{f"Final/shortcut_removed_{key}": value for key, value in record["shortcut_removed"].items()},
@@ -265,6 +289,7 @@ def assemble(cfg: DictConfig) -> Job:
                 needs_model.check(model)
             except SettingError as e:
                 problems.append(str(e))
+    problems += objective_and_stopping_problems(cfg, trainer, pool_spec, data_spec)
     if problems:
         raise ConfigError("\n".join(problems))
     seed_everything(cfg.seed)
@@ -289,6 +314,7 @@ def assemble(cfg: DictConfig) -> Job:
     def fresh_model():
         return build(cfg, "model", num_classes=num_classes)
 
+    val_dotted = dotted_validation(data.val, pool.original, cfg.seed)
     model, confounded = pretrain.confounded_model(data, fresh_model, model_settings, trainer)
     oracle_model, oracle = pretrain.oracle_model(data, fresh_model, model_settings, trainer)
     return Job(
@@ -306,7 +332,31 @@ def assemble(cfg: DictConfig) -> Job:
         explainer=explainer,
         config=resolved_settings(cfg),
         assemble_seconds=time.perf_counter() - began,
+        val_dotted=val_dotted,
     )
+
+
+def objective_and_stopping_problems(cfg: DictConfig, trainer, pool_spec, data_spec) -> list[str]:
+    """Problems of the objective and of the stopping score; those other than clean read
+    the validation reliance, which the pool's marked confounders make."""
+    problems = []
+    objective = cfg.get("objective", "clean")
+    if objective not in OBJECTIVES:
+        problems.append(f"objective={objective!r} is not allowed: one of {', '.join(OBJECTIVES)}")
+    empty_pool = pool_spec is not None and pool_spec.size == 0
+    if trainer is not None and trainer.stop_on != "clean" and empty_pool:
+        problems.append(
+            f"trainer.stop_on={trainer.stop_on!r} is not allowed: clean with pool.size=0 "
+            "(the dotted validation images are made from the pool)"
+        )
+    if objective == "pareto" and empty_pool:
+        problems.append("objective='pareto' is not allowed: clean with pool.size=0 (no validation flip rate)")
+    if objective == "pareto" and data_spec is not None and data_spec.confounded_class is None:
+        problems.append(
+            f"objective='pareto' is not allowed: clean with {type(data_spec).__name__} "
+            "(no confounded class, so no dot flip rate)"
+        )
+    return problems
 
 
 def resolved_settings(cfg: DictConfig) -> dict:

@@ -92,6 +92,23 @@ def dot_flip_rate(
     return (dotted_pred[eligible] == confounded_class).float().mean().item()
 
 
+def validation_reliance(model: nn.Module, val: Split, val_dotted: Split, confounded_class: int | None) -> dict:
+    """Reliance measured on validation data only (forward passes): the accuracy on
+    ``val_dotted`` (``val`` with the pool's confounders pasted in, image for image,
+    see ``correction.dotted_validation``) and the dot flip rate between the two
+    (None without a confounded class)."""
+    device = next(model.parameters()).device
+    val, val_dotted = val.to(device), val_dotted.to(device)
+    labels = val.labels
+    dotted_pred = predict_logits(model, val_dotted.x, CHUNK).argmax(1)
+    result = {"val_dotted_accuracy": (dotted_pred == labels).float().mean().item(), "val_dot_flip_rate": None}
+    if confounded_class is not None:
+        others = labels != confounded_class
+        clean_pred = predict_logits(model, val.x[others], CHUNK).argmax(1)
+        result["val_dot_flip_rate"] = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], confounded_class)
+    return result
+
+
 def shortcut_removed(
     confounded: float | None, corrected: float | None, oracle: float | None, span: float = 1.0
 ) -> float | None:

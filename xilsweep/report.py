@@ -45,15 +45,23 @@ VAL, TEST = "best_val_accuracy", "test_accuracy"
 VAL_LOSS, TRAIN_LOSS, TRAIN_ACC = "best_val_loss", "train_loss", "train_accuracy"
 # Newer metrics (right-reason metrics); shown when present.
 OPTIONAL_METRICS = ("test_dotted_accuracy", "attribution_in_mask", "wrong_reason_score", "dot_flip_rate")
-METRICS = (VAL, TEST, *OPTIONAL_METRICS)
+# Reliance on validation data at the best epoch (the pool's confounders pasted onto the validation images).
+VAL_DOTTED, VAL_FLIP = "best_val_dotted_accuracy", "best_val_dot_flip_rate"
+METRICS = (VAL, VAL_DOTTED, VAL_FLIP, TEST, *OPTIONAL_METRICS)
 # Question 4 of the guide, read between the oracle (floor) and the confounded model (ceiling).
-RELIANCE = (TEST, "dot_flip_rate", "test_dotted_accuracy", "attribution_in_mask")
+RELIANCE = (TEST, "dot_flip_rate", "test_dotted_accuracy", "attribution_in_mask", "wrong_reason_score")
 REMOVED = ("removed.dot_flip_rate", "removed.attribution_in_mask")
+SECONDS = "seconds_per_epoch"
 REFERENCES = {"oracle": "oracle (floor)", "confounded": "confounded (ceiling)"}
-SUMMARY_METRICS = (*METRICS, *REMOVED, VAL_LOSS, TRAIN_LOSS, TRAIN_ACC)
+SUMMARY_METRICS = (*METRICS, *REMOVED, SECONDS, VAL_LOSS, TRAIN_LOSS, TRAIN_ACC)
+# Settings that tell one method from another: a line each in the plots.
+METHOD_KEYS = (LOSS, "pool.correction", "model")
 CONFOUNDED_METRICS = (TEST, *OPTIONAL_METRICS)
 LABELS = {
     VAL: "best val acc %",
+    VAL_DOTTED: "dotted val acc %",
+    VAL_FLIP: "val dot flip rate",
+    SECONDS: "s/epoch",
     TEST: "test acc %",
     "test_dotted_accuracy": "dotted test acc %",
     "attribution_in_mask": "attribution in mask",
@@ -210,11 +218,16 @@ def job_table(jobs: list[Job], varied: list[str]) -> pd.DataFrame:
             row[f"{kind}.path"] = reference.get("path")
         removed = m.get("shortcut_removed") or {}
         row.update({name: removed.get(name.split(".", 1)[1]) for name in REMOVED})
+        row[SECONDS] = m.get(SECONDS)
         row["seconds"] = m.get("seconds")
         row["reason"] = job.reason
         rows.append(row)
     table = pd.DataFrame(rows)
-    optional = [c for c in table if c in OPTIONAL_METRICS or c in REMOVED or c.startswith(tuple(REFERENCES))]
+    optional = [
+        c
+        for c in table
+        if c in (*OPTIONAL_METRICS, VAL_DOTTED, VAL_FLIP) or c in REMOVED or c.startswith(tuple(REFERENCES))
+    ]
     return table.drop(columns=[c for c in optional if table[c].isna().all()])
 
 
@@ -275,6 +288,8 @@ def fmt(value, column: str = "", magnitude: float | None = None) -> str:
         return f"{100 * value:.2f}"
     if metric.endswith("loss"):
         return f"{value:.3g}"
+    if metric == SECONDS:
+        return f"{value:.2f}"
     if metric in METRICS or metric in REMOVED:
         return f"{value:.{3 if abs(value if magnitude is None else magnitude) < 10 else 1}f}"
     return f"{value:g}"
@@ -318,23 +333,31 @@ def mean_std(values, column: str) -> str:
 
 def reliance_markdown(table: pd.DataFrame, summary: pd.DataFrame, varied: list[str]) -> str:
     """Question 4: per setting, clean test accuracy and the reliance figures (mean ± std over
-    seeds) and the share of the shortcut removed, under the oracle's and the confounded model's
-    rows (mean ± std over the distinct reference models of the sweep's finished jobs)."""
+    seeds), the share of the shortcut removed and the seconds per epoch, under the oracle's and
+    the confounded model's rows (mean ± std over the distinct reference models of the sweep's
+    finished jobs; one pair per value of the varied settings the reference models are
+    trained with, such as the model)."""
     keys = [k for k in varied if k != SEED]
     done = table[table.status == "done"]
-    columns = [c for c in (*RELIANCE, *REMOVED) if c in done and done[c].notna().any()]
+    columns = [c for c in (*RELIANCE, *REMOVED, SECONDS) if c in done and done[c].notna().any()]
+    reference_keys = [k for k in keys if k == "model" or k.startswith(("data", "pretrain"))]
+    label_key = next((k for k in keys if k not in reference_keys), "setting")
+    groups = done.groupby(reference_keys, sort=False, dropna=False) if reference_keys else [((), done)]
     rows = []
     for kind, label in REFERENCES.items():
         if f"{kind}.path" not in done:
             continue
-        models = done.drop_duplicates(f"{kind}.path")
-        rows.append(
-            {
-                **{k: label if i == 0 else "" for i, k in enumerate(keys or ["setting"])},
-                "n": len(models),
-                **{LABELS[c]: mean_std(models.get(f"{kind}.{c}"), c) if c in RELIANCE else "" for c in columns},
-            }
-        )
+        for values, part in groups:
+            models = part.drop_duplicates(f"{kind}.path")
+            rows.append(
+                {
+                    **{k: "" for k in keys or ["setting"]},
+                    **{k: fmt(v) for k, v in zip(reference_keys, values, strict=True)},
+                    label_key: label,
+                    "n": len(models),
+                    **{LABELS[c]: mean_std(models.get(f"{kind}.{c}"), c) if c in RELIANCE else "" for c in columns},
+                }
+            )
     for _, row in summary.iterrows():
         rows.append(
             {
@@ -529,6 +552,43 @@ def answer_pool(summary, varied) -> str:
     return "**Pool size** (mean clean test accuracy, best other settings): " + "; ".join(parts) + "."
 
 
+# --- the Pareto front of a two-objective search -------------------------------------
+
+
+def non_dominated(accuracy: list[float], flip_rate: list[float]) -> list[bool]:
+    """Whether each (accuracy, flip rate) point is on the Pareto front: no other point
+    has at least its accuracy and at most its flip rate and is better in one."""
+    points = list(zip(accuracy, flip_rate, strict=True))
+    return [not any(a >= ai and f <= fi and (a > ai or f < fi) for a, f in points) for ai, fi in points]
+
+
+def pareto_table(table: pd.DataFrame, varied: list[str]) -> pd.DataFrame:
+    """The finished jobs with both validation objectives, ``front`` marking the
+    non-dominated ones (computed here over this sweep folder's jobs)."""
+    done = table[(table.status == "done") & table[VAL_FLIP].notna()]
+    shown = ("job", *(k for k in varied if k != SEED), VAL, VAL_FLIP, TEST, "dot_flip_rate", "removed.dot_flip_rate")
+    front = done[[c for c in shown if c in done]].copy()
+    front["job"] = [job_number(Path(name))[0] for name in front.job]
+    front["front"] = non_dominated(front[VAL].tolist(), front[VAL_FLIP].tolist())
+    return front.sort_values([VAL, VAL_FLIP], ascending=[False, True], kind="stable")
+
+
+def plot_pareto(front: pd.DataFrame, path: Path) -> None:
+    """Every finished trial's clean validation accuracy against its validation dot
+    flip rate, the non-dominated ones highlighted and joined."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    rest, best = front[~front.front], front[front.front].sort_values(VAL_FLIP)
+    ax.scatter(rest[VAL_FLIP], 100 * rest[VAL], color="gray", alpha=0.6, label="dominated")
+    ax.step(best[VAL_FLIP], 100 * best[VAL], where="post", color="tab:red", marker="o", label="Pareto front")
+    ax.set_xlabel("validation dot flip rate (lower: less reliance)")
+    ax.set_ylabel("best validation accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def counts_line(table: pd.DataFrame) -> str:
     counts = table.status.value_counts()
     order = ["done", "failed", "running", "not started"]
@@ -539,29 +599,30 @@ def counts_line(table: pd.DataFrame) -> str:
 
 
 def plot_vs(summary, varied, x: str, metric: str, path: Path, xlabel: str, log_x: bool) -> bool:
-    """Mean ``metric`` over seeds (error bars: std) against ``x``, one line per loss type,
-    each point the best setting (by validation) of the other varied keys."""
+    """Mean ``metric`` over seeds (error bars: std) against ``x``, one line per method
+    (loss type, correction, model: those the sweep varies), each point the best
+    setting (by validation) of the other varied keys."""
     if x not in varied or summary[x].dropna().nunique() < 2:
         return False
-    line = [LOSS] if LOSS in varied else []
+    line = [k for k in METHOD_KEYS if k in varied and k != x]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     with_x = summary[summary[x].notna()]
     best = best_per(with_x, [*line, x])
-    for name, part in best.groupby(LOSS, sort=False) if line else [(None, best)]:
+    for name, part in best.groupby(line, sort=False, dropna=False) if line else [(None, best)]:
         ax.errorbar(
             part[x].astype(float),
             100 * part[f"{metric}_mean"],
             yerr=100 * part[f"{metric}_std"].fillna(0),
             marker="o",
             capsize=3,
-            label=name,
+            label=None if name is None else " ".join(map(str, name)),
         )
-    # Loss types without this setting (the imbalanced loss has no λ): their best as a band.
-    for name, part in summary[summary[x].isna()].groupby(LOSS, sort=False) if line else []:
+    # Methods without this setting (the imbalanced loss has no λ): their best as a band.
+    for name, part in summary[summary[x].isna()].groupby(line, sort=False, dropna=False) if line else []:
         row = ranked(part).iloc[0]
         std = row[f"{metric}_std"]
         mean, std = 100 * row[f"{metric}_mean"], 0 if pd.isna(std) else 100 * std
-        ax.axhline(mean, linestyle="--", color="gray", label=f"{name} (no {x})")
+        ax.axhline(mean, linestyle="--", color="gray", label=f"{' '.join(map(str, name))} (no {x})")
         ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
     if log_x:
         ax.set_xscale("log")
@@ -645,6 +706,11 @@ def write_report(sweep_dir: Path) -> str:
             log_x=True,
         )
     done = [j for j in jobs if j.status == "done" and j.metrics.get(VAL) is not None]
+    pareto = any((j.metrics.get("config") or {}).get("objective") == "pareto" for j in done)
+    front = pareto_table(table, varied) if pareto and VAL_FLIP in table else pd.DataFrame()
+    if len(front):
+        plot_pareto(front, out / "pareto_front.png")
+        plots["pareto_front.png"] = True
     if done:
         best_job = max(done, key=lambda j: j.metrics[VAL])
         plots["training_curves_best.png"] = plot_training_curves(best_job, out / "training_curves_best.png")
@@ -677,6 +743,20 @@ def write_report(sweep_dir: Path) -> str:
             "Shortcut removed: (confounded - corrected) / (confounded - oracle) per job, then averaged; "
             "1 = as free of the confounder as the oracle, 0 = no change, empty where the references "
             "differ too little to measure against. " + seed_note(table),
+            "",
+        ]
+    if len(front):
+        listed = front[front.front].drop(columns="front")
+        lines += [
+            "## Pareto front: clean validation accuracy vs validation dot flip rate",
+            "",
+            f"{len(listed)} of {len(front)} finished trials are not dominated (no other trial of this sweep "
+            "folder has at least their validation accuracy and at most their validation flip rate); "
+            "their test figures:",
+            "",
+            markdown(listed),
+            "",
+            "![Pareto front](pareto_front.png)",
             "",
         ]
     lines += ["## Answers", ""]

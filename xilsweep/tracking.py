@@ -29,6 +29,8 @@ EPOCH_TAGS = {
     "val_loss": "Loss/val_epoch",
     "train_accuracy": "Accuracy/train_epoch",
     "val_accuracy": "Accuracy/val_epoch",
+    "val_dotted_accuracy": "Accuracy/val_dotted",
+    "val_dot_flip_rate": "Reasons/val_dot_flip_rate",
     "k": "Sampler/k",
 }
 

@@ -23,6 +23,23 @@ OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def clean_score(metrics: dict) -> float:
+    return metrics["val_accuracy"]
+
+
+def dotted_score(metrics: dict) -> float:
+    return metrics["val_dotted_accuracy"]
+
+
+def mean_score(metrics: dict) -> float:
+    # Same units, equal weight: a point of dotted accuracy is worth a point of clean accuracy.
+    return (metrics["val_accuracy"] + metrics["val_dotted_accuracy"]) / 2
+
+
+# trainer.stop_on -> the epoch's validation score that early stopping maximises
+STOP_SCORES = {"clean": clean_score, "dotted": dotted_score, "both": mean_score}
+
+
 def concat(a: Split, b: Split) -> Split:
     return Split(torch.cat([a.x, b.x]), torch.cat([a.targets, b.targets]), torch.cat([a.mask, b.mask]))
 
@@ -112,9 +129,13 @@ def fit_until_early_stopping(
     on_epoch: Callable[[int, dict], None] | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
+    validate: Callable[[torch.nn.Module], dict] | None = None,
+    score: Callable[[dict], float] = clean_score,
 ) -> FitResult:
-    """Train until validation accuracy has not improved for ``patience`` epochs
-    (ties broken by lower validation loss), then restore the best weights.
+    """Train until the epoch's ``score`` (default: validation accuracy) has not
+    improved for ``patience`` epochs (ties broken by lower validation loss), then
+    restore the best weights. ``validate(model)`` adds further validation metrics
+    to every epoch's (the score may read them).
 
     Epoch 0 is the starting model, so a fine-tuning that never beats it on
     validation returns it unchanged. ``on_epoch(epoch, metrics)`` is called
@@ -137,9 +158,10 @@ def fit_until_early_stopping(
         history, first_epoch = state["history"], state["epoch"] + 1
     else:
         start = evaluate(model, val, eval_batch_size)
-        best = (start["accuracy"], -start["loss"])
-        best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
-        history, first_epoch = [{"epoch": 0, "val_loss": start["loss"], "val_accuracy": start["accuracy"]}], 1
+        history = [{"epoch": 0, "val_loss": start["loss"], "val_accuracy": start["accuracy"]}]
+        history[0].update(validate(model) if validate else {})
+        best = (score(history[0]), -start["loss"])
+        best_state, best_epoch, first_epoch = copy.deepcopy(model.state_dict()), 0, 1
         if on_epoch:
             on_epoch(0, history[0])
     epoch = first_epoch - 1
@@ -155,14 +177,15 @@ def fit_until_early_stopping(
             **{f"train_{n}": v for n, v in train_metrics.items()},
             "val_loss": val_metrics["loss"],
             "val_accuracy": val_metrics["accuracy"],
+            **(validate(model) if validate else {}),
             "k": k,
             **loss_fn.epoch_metrics(),
             "seconds": time.perf_counter() - began,
         }
         history.append(metrics)
-        score = (val_metrics["accuracy"], -val_metrics["loss"])
-        if score > best:
-            best, best_epoch = score, epoch
+        epoch_score = (score(metrics), -val_metrics["loss"])
+        if epoch_score > best:
+            best, best_epoch = epoch_score, epoch
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch:  # before the checkpoint: a job killed in between redoes (and re-logs) this epoch
             on_epoch(epoch, metrics)
@@ -182,11 +205,12 @@ def fit_until_early_stopping(
                 checkpoint,
             )
     model.load_state_dict(best_state)
-    return FitResult(best_epoch, best[0], epoch, history, stopped_early=epoch < max_epochs)
+    return FitResult(best_epoch, history[best_epoch]["val_accuracy"], epoch, history, stopped_early=epoch < max_epochs)
 
 
 class Trainer:
-    """Optimisation settings: optimiser, learning rate, early stopping, device, threads."""
+    """Optimisation settings: optimiser, learning rate, early stopping (on the clean,
+    the dotted or the mean of both validation accuracies: ``stop_on``), device, threads."""
 
     def __init__(
         self,
@@ -201,6 +225,7 @@ class Trainer:
         num_threads: int | None = None,
         eval_batch_size: int = EVAL_BATCH_SIZE,
         resume: bool = False,
+        stop_on: str = "clean",
     ):
         require(isinstance(lr, (int, float)) and lr > 0, "lr", lr, "a number > 0")
         require_choice("optimizer", optimizer, OPTIMIZERS)
@@ -238,6 +263,8 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         require(isinstance(resume, bool), "resume", resume, "true or false")
         self.resume = resume
+        require_choice("stop_on", stop_on, STOP_SCORES)
+        self.stop_on = stop_on
         # Channels-last convolutions and max-pooling measured faster on the CPU (see README, "Speed").
         self.memory_format = torch.channels_last
 
@@ -265,6 +292,7 @@ class Trainer:
         loss_fn,
         on_epoch=None,
         checkpoint: Path | None = None,
+        validate=None,
     ) -> FitResult:
         self.place(model)
         return fit_until_early_stopping(
@@ -282,6 +310,8 @@ class Trainer:
             on_epoch=on_epoch,
             checkpoint=checkpoint,
             resume=self.resume,
+            validate=validate,
+            score=STOP_SCORES[self.stop_on],
         )
 
     def evaluate(self, model, split: Split) -> dict:

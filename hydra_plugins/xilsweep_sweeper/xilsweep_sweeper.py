@@ -7,6 +7,13 @@ one imbalanced job: the imbalanced loss has no ``lam``, so that override is
 dropped from its jobs and the copies that then coincide are run once. An
 override that no job's options have is kept, so a typo still fails loudly.
 
+``grids`` (a list of ``params``-like mappings) sweeps a union of grids: each
+grid is ``params``, then its own entries, then the command line; the jobs of
+all grids run in one sweep, in order, each distinct job once. So pairings that
+only some choices make sense in are written out: methods that need a
+convolution only with ``model=cnn``, or the transplant correction only with
+the balanced loss (``conf/experiment/compare_methods*.yaml``).
+
 Hydra has no public way to make an override conditional on a group choice
 (``++`` would add ``lam`` to the imbalanced loss, ``~`` fails on a missing
 key), so this is a sweeper of its own, built on Hydra's public plugin API.
@@ -107,13 +114,38 @@ def applicable_jobs(
     return [list(job) for job in kept]
 
 
-class XilSweeper(Sweeper):
-    """The grid of ``params`` and command-line overrides, ``applicable_jobs`` of
-    it launched in batches of ``max_batch_size`` jobs (all at once if null)."""
+def grid_lines(params: dict, grids: Sequence[dict] | None, arguments: Sequence[str]) -> list[list[str]]:
+    """The override lines of each grid: ``params``, the grid's own entries, the
+    command line (a later override of a key wins); one grid when ``grids`` is empty."""
+    return [[*(f"{k}={v}" for k, v in {**params, **own}.items()), *arguments] for own in (grids or [{}])]
 
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None):
+
+def planned_jobs(
+    lines: Sequence[Sequence[str]],
+    parse: Callable[[list[str]], list[Override]],
+    is_group: Callable[[str], bool],
+    compose: Callable[[list[str]], DictConfig],
+) -> list[list[str]]:
+    """``applicable_jobs`` of every grid in ``lines``, one after the other, each distinct job once."""
+    jobs: dict[tuple, None] = {}
+    for grid_overrides in lines:
+        overrides = parse(list(grid_overrides))
+        jobs.update(dict.fromkeys(map(tuple, applicable_jobs(grid(overrides), overrides, is_group, compose))))
+    return [list(job) for job in jobs]
+
+
+class XilSweeper(Sweeper):
+    """The grid (or the union of ``grids``) of ``params`` and command-line overrides,
+    ``applicable_jobs`` of it launched in batches of ``max_batch_size`` jobs (all at once if null)."""
+
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        grids: list[dict[str, str]] | None = None,
+    ):
         super().__init__()
-        self.max_batch_size, self.params = max_batch_size, params or {}
+        self.max_batch_size, self.params, self.grids = max_batch_size, params or {}, grids or []
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
@@ -128,12 +160,9 @@ class XilSweeper(Sweeper):
         """The overrides of every job this sweep launches, in launch order."""
         assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
-        overrides = OverridesParser.create(config_loader=loader).parse_overrides(
-            [*(f"{k}={v}" for k, v in self.params.items()), *arguments]
-        )
-        return applicable_jobs(
-            grid(overrides),
-            overrides,
+        return planned_jobs(
+            grid_lines(self.params, self.grids, arguments),
+            parse=OverridesParser.create(config_loader=loader).parse_overrides,
             is_group=lambda key: bool(loader.get_group_options(key)),
             compose=lambda choices: loader.load_sweep_config(self.config, choices),
         )
@@ -169,6 +198,7 @@ class XilSweeperConf:
     _target_: str = "hydra_plugins.xilsweep_sweeper.xilsweep_sweeper.XilSweeper"
     max_batch_size: int | None = None
     params: dict[str, str] | None = None
+    grids: list[dict[str, str]] | None = None  # a union of grids, each with params under it
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="xilsweep", node=XilSweeperConf, provider="xilsweep")
