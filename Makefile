@@ -24,9 +24,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# -n auto: one test worker per core; the cluster tests share one worker (xdist_group)
+# -n auto: one test worker per core, each taking whole test files (a file's tests share its services)
 test: lint
-	$(PY) -m pytest -q -n auto --dist loadgroup $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/speed.py $(ARGS)

@@ -20,8 +20,6 @@ import yaml
 from helpers import REPO, TINY
 from hydra_plugins.xilsweep_cluster.optuna_sweeper import open_storage
 
-# The services these tests start (and their ports) are one per machine: one test worker runs them all.
-pytestmark = pytest.mark.xdist_group("cluster")
 
 POSTGRES_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 FAST = [*TINY, "trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]

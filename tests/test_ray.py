@@ -16,8 +16,6 @@ import pytest
 
 from helpers import REPO, TINY
 
-# The services these tests start (and their ports) are one per machine: one test worker runs them all.
-pytestmark = pytest.mark.xdist_group("cluster")
 
 FAST = [*TINY, "save_model=false", "explainer.n_images=16"]
 RAY = Path(sys.executable).parent / "ray"

@@ -18,8 +18,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import REPO, TINY
 from xilsweep.report import find_jobs
 
-# The services these tests start (and their ports) are one per machine: one test worker runs them all.
-pytestmark = pytest.mark.xdist_group("cluster")
 
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
 FAST = [*TINY, "save_model=false", "explainer.n_images=16", "hydra/launcher=slurm"]
@@ -124,10 +122,11 @@ def test_jobs_cut_by_time_limit_or_requeue_resume_and_end_as_uninterrupted(slurm
     """Three identical jobs: 0 runs through; 1 gets submitit's time-limit signal (the one SLURM
     sends signal_delay_s before the limit); 2 is requeued with scontrol, as on preemption."""
     sweep = tmp_path / "sweep"
-    epochs = 40
+    epochs = 80  # about 30 s a job: longer than the 12 s SLURM gives a job step to end after a requeue
     args = [
         "-m",
         *FAST,
+        "data.n_train=null",  # the whole training split: epochs long enough to be interrupted mid-run
         f"data.root={data_root}",
         f"trainer.max_epochs={epochs}",
         f"trainer.patience={epochs}",
