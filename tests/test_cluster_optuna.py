@@ -20,7 +20,6 @@ import yaml
 from helpers import REPO, TINY
 from hydra_plugins.xilsweep_cluster.optuna_sweeper import open_storage
 
-
 POSTGRES_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 FAST = [*TINY, "trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
 STUDY = "xil_lambda"  # the study name of hparams_search=lambda_optuna

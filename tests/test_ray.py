@@ -16,7 +16,6 @@ import pytest
 
 from helpers import REPO, TINY
 
-
 FAST = [*TINY, "save_model=false", "explainer.n_images=16"]
 RAY = Path(sys.executable).parent / "ray"
 

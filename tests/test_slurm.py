@@ -18,7 +18,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import REPO, TINY
 from xilsweep.report import find_jobs
 
-
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
 FAST = [*TINY, "save_model=false", "explainer.n_images=16", "hydra/launcher=slurm"]
 
