@@ -40,11 +40,21 @@ def job_config(overrides, data_root) -> DictConfig:
     return cfg
 
 
-def run_xilsweep(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def xilsweep_command(args: list[str]) -> tuple[list[str], dict]:
+    """``python -m xilsweep.run args`` and its environment (this checkout's code)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "xilsweep.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return [sys.executable, "-m", "xilsweep.run", *args], env
+
+
+def run_xilsweep(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    command, env = xilsweep_command(args)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_xilsweep(args: list[str], cwd: Path, output=subprocess.PIPE) -> subprocess.Popen:
+    """The same, started in the background (stderr merged into ``output``)."""
+    command, env = xilsweep_command(args)
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
 
 
 def run_sweep(args: list[str], sweep_dir: Path, data_root, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import optuna
 import pytest
 import yaml
 
-from helpers import REPO, TINY
+from helpers import TINY, start_xilsweep
 from hydra_plugins.xilsweep_cluster.optuna_sweeper import open_storage
 
 POSTGRES_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -81,15 +80,7 @@ def worker(storage: str, sweep: Path, data_root: Path, n_trials: int, *extra: st
         f"hydra.sweep.dir={sweep}",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "xilsweep.run", *args],
-        cwd=sweep.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_xilsweep(args, sweep.parent)
 
 
 def finish(process: subprocess.Popen) -> None:

@@ -2,17 +2,15 @@
 
 import json
 import multiprocessing
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import REPO, TINY, events, run_xilsweep
+from helpers import TINY, events, run_xilsweep, start_xilsweep
 from xilsweep.data import ConfoundedMNIST08
 from xilsweep.errors import DataError
 from xilsweep.files import read_checked
@@ -55,14 +53,7 @@ LONG = [
 
 def start_job(data_root, out):
     args = [*LONG, f"data.root={data_root}", f"hydra.run.dir={out}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "xilsweep.run", *args],
-        cwd=out.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_xilsweep(args, out.parent, output=subprocess.DEVNULL)
 
 
 def wait_for_checkpoint_epoch(path, epoch, proc, timeout=120):
@@ -222,21 +213,10 @@ def test_optuna_study_in_sqlite_resumes_after_the_sweeper_is_killed(data_root, t
         f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.n_jobs=1",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    sweeper = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "xilsweep.run",
-            "-m",
-            *args,
-            "hydra.sweeper.n_trials=20",
-            f"hydra.sweep.dir={tmp_path / 'first'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    sweeper = start_xilsweep(
+        ["-m", *args, "hydra.sweeper.n_trials=20", f"hydra.sweep.dir={tmp_path / 'first'}"],
+        tmp_path,
+        output=subprocess.DEVNULL,
     )
 
     def complete():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import REPO, TINY
+from helpers import REPO, TINY, start_xilsweep
 from xilsweep.report import find_jobs
 
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
@@ -133,16 +133,8 @@ def test_jobs_cut_by_time_limit_or_requeue_resume_and_end_as_uninterrupted(slurm
         "hydra.launcher.timeout_min=5",  # under 10 min submitit counts a signal as a time-out
         f"hydra.sweep.dir={sweep}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
     began = time.monotonic()
-    sweeper = subprocess.Popen(
-        [sys.executable, "-m", "xilsweep.run", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    sweeper = start_xilsweep(args, tmp_path)
     try:
 
         def folder_of(number):

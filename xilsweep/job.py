@@ -133,8 +133,10 @@ class Job:
             settings = {k: v for k, v in self.config["explainer"].items() if k != "attribution_every"}
             name = f"reasons_{digest(json.dumps(settings, sort_keys=True))[:10]}.json"
             path = Path(reference["path"]).with_name(name)
-            both = json.loads(path.read_text()) if path.exists() else compute()
-            if not path.exists():
+            if path.exists():
+                both = json.loads(path.read_text())
+            else:
+                both = compute()
                 atomic_write_json(both, path)
         return both["full"], both["monitored"]
 

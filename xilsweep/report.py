@@ -310,14 +310,20 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def spread(mean, std, column: str) -> str:
+    """``mean ± std`` of a column's figure; the mean alone where there is no spread (one seed)."""
+    if pd.isna(std):
+        return fmt(mean, column)
+    return f"{fmt(mean, column)} ± {fmt(std, column, magnitude=mean)}"
+
+
 def summary_markdown(summary: pd.DataFrame, varied: list[str]) -> str:
     keys = [k for k in varied if k != SEED]
     shown = summary[[*keys, "n"]].copy()
     for metric in METRICS:
         if f"{metric}_mean" in summary:
             shown[LABELS[metric]] = [
-                fmt(m, metric) if pd.isna(s) else f"{fmt(m, metric)} ± {fmt(s, metric, magnitude=m)}"
-                for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"], strict=True)
+                spread(m, s, metric) for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"], strict=True)
             ]
     return markdown(shown)
 
@@ -326,9 +332,7 @@ def mean_std(values, column: str) -> str:
     values = pd.Series(values, dtype=float).dropna()
     if values.empty:
         return ""
-    if len(values) == 1:
-        return fmt(values.iloc[0], column)
-    return f"{fmt(values.mean(), column)} ± {fmt(values.std(), column, magnitude=values.mean())}"
+    return spread(values.mean(), values.std(), column)  # one value: no std (NaN), the value alone
 
 
 def reliance_markdown(table: pd.DataFrame, summary: pd.DataFrame, varied: list[str]) -> str:
@@ -363,12 +367,7 @@ def reliance_markdown(table: pd.DataFrame, summary: pd.DataFrame, varied: list[s
             {
                 **{k: fmt(row[k]) for k in keys or ["setting"] if k in row},
                 "n": int(row["n"]),
-                **{
-                    LABELS[c]: fmt(row[f"{c}_mean"], c)
-                    if pd.isna(row[f"{c}_std"])
-                    else f"{fmt(row[f'{c}_mean'], c)} ± {fmt(row[f'{c}_std'], c, magnitude=row[f'{c}_mean'])}"
-                    for c in columns
-                },
+                **{LABELS[c]: spread(row[f"{c}_mean"], row[f"{c}_std"], c) for c in columns},
             }
         )
     shown = pd.DataFrame(rows).fillna("")
