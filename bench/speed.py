@@ -21,7 +21,14 @@ One run measures, on the same data, models and batches:
 4. **full**: the wall time of a 100-job lambda_search-style sweep of the
    default model with the recommended launcher (``parallel``);
 5. **grid**: the wall time of ``experiment=full_grid_search`` (108 jobs);
-6. **compile** (not by default): ``torch.compile`` against eager.
+6. **sharing**: jobs per hour of a sweep whose jobs share the machine's device,
+   run 1, 2, 4, ... at a time (``hydra/launcher=parallel`` with that many
+   workers): how many jobs one GPU takes at once;
+7. **compile** (not by default): ``torch.compile`` against eager.
+
+``--device cuda`` runs every job, loop and ceiling on the GPU (``trainer.device=cuda``;
+default sections there: profile, loop, sharing): loop samples/s, the share of the
+GPU's float32 matrix-product ceiling, and jobs per hour with several jobs sharing it.
 
 Every loop figure is the best of interleaved repeats (the machine may be
 shared); the ratios compare variants measured in the same run. Prints
@@ -66,6 +73,8 @@ FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
 EVAL_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 SWEEP_MODES = ("naive", "per_process", "parallel", "in_process")
+DEVICES = ("cpu", "cuda")
+DEFAULT_SECTIONS = {"cpu": "profile,loop,sweeps,full,grid", "cuda": "profile,loop,sharing"}
 # The naive way's reason metrics: every epoch, every figure, on the whole test set.
 NAIVE = ["explainer.attribution_every=1", "explainer.monitor_images=null"]
 LAMBDAS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
@@ -123,18 +132,26 @@ def profile_section(args) -> dict:
     return {"first_job": jobs[0], "warm_jobs": warm, "warm_mean": mean}
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that it counts in the time measured."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def best_seconds(fn, *args, repeats: int = 1) -> float:
     """The shortest of ``repeats`` calls of ``fn(*args)``."""
     times = []
     for _ in range(repeats):
+        synchronize()
         began = time.perf_counter()
         fn(*args)
+        synchronize()
         times.append(time.perf_counter() - began)
     return min(times)
 
 
-def matmul_gflops(size: int) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int, device: str = "cpu") -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     torch.mm(a, b)  # warm-up
     return 2 * size**3 / best_seconds(torch.mm, a, b, repeats=3) / 1e9
 
@@ -186,7 +203,9 @@ class LoopCase:
         cfg = config(job_overrides(args, model_name))
         job = assemble(cfg)
         self.trainer, self.loss_fn, self.data, self.sampler = job.trainer, job.loss, job.data, job.sampler
-        self.merged = concat(self.data.train, job.pool.corrected)
+        device = self.trainer.device
+        self.merged = concat(self.data.train, job.pool.corrected).to(device)
+        self.val, self.test = self.data.val.to(device), self.data.test.to(device)
         torch.manual_seed(0)
         self.start_model = build(cfg, "model", num_classes=self.data.num_classes)
         self.forward_flops, self.train_flops = flops_per_sample(self.start_model)
@@ -201,13 +220,16 @@ class LoopCase:
         }
         for model, optimizer in self.loops.values():  # first calls build kernels and caches: not timed
             train_one_epoch(model, self.merged, self.sampler.batches(0)[:2], self.sampler.k, self.loss_fn, optimizer)
-            evaluate(model, self.data.val)
+            evaluate(model, self.val)
 
     def fresh(self, memory_format=None, plain_optimizer=False):
         """A copy of the start model, placed as Trainer does (or in ``memory_format``), with
         xilsweep's optimiser (or torch's default implementation of it)."""
         model = copy.deepcopy(self.start_model)
-        model = self.trainer.place(model) if memory_format is None else model.to(memory_format=memory_format)
+        if memory_format is None:
+            model = self.trainer.place(model)
+        else:
+            model = model.to(self.trainer.device, memory_format=memory_format)
         optimizer = self.trainer.make_optimizer(model.parameters())
         if plain_optimizer:
             optimizer = type(optimizer)(model.parameters(), **{**optimizer.defaults, "fused": None})
@@ -228,8 +250,8 @@ class LoopCase:
                 seconds = best_seconds(train_one_epoch, model, self.merged, batches, k, self.loss_fn, optimizer)
             rates[name] = n_samples / seconds
         for size in EVAL_BATCH_SIZES:
-            seconds = best_seconds(evaluate, self.loops["xilsweep"][0], self.data.test, size)
-            rates[f"eval_{size}"] = len(self.data.test) / seconds
+            seconds = best_seconds(evaluate, self.loops["xilsweep"][0], self.test, size)
+            rates[f"eval_{size}"] = len(self.test) / seconds
         return rates
 
     def summary(self, threads: int, rates: dict[str, list[float]], ceilings: list[float]) -> dict:
@@ -270,7 +292,7 @@ def loop_section(args) -> list[dict]:
     for epoch in range(args.repeats):
         for threads in args.threads:
             torch.set_num_threads(threads)
-            ceilings[threads].append(matmul_gflops(args.matmul_size))
+            ceilings[threads].append(matmul_gflops(args.matmul_size, args.device))
             for case in cases:
                 for name, rate in case.measure(epoch).items():
                     rates[threads, case.name][name].append(rate)
@@ -296,7 +318,7 @@ def compile_section(args) -> dict:
     cfg = config([f"data.root={args.data_root}", *args.job_overrides])
     job = assemble(cfg)
     trainer, loss_fn, sampler = job.trainer, job.loss, job.sampler
-    merged = concat(job.data.train, job.pool.corrected)
+    merged = concat(job.data.train, job.pool.corrected).to(trainer.device)
     torch.manual_seed(0)
     eager = trainer.place(build(cfg, "model", num_classes=job.data.num_classes))
     compiled = torch.compile(copy.deepcopy(eager))
@@ -375,8 +397,9 @@ def xilsweep_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "xilsweep.run", *arguments]
 
 
-def run_sweep(mode: str, grid, common: list[str], folder: Path, env: dict) -> dict:
-    """Run the grid's jobs one way; wall time, jobs/hour, peak memory, jobs finished."""
+def run_sweep(mode: str, grid, common: list[str], folder: Path, env: dict, launcher: tuple[str, ...] = ()) -> dict:
+    """Run the grid's jobs one way (``launcher``: further launcher settings); wall time,
+    jobs/hour, peak memory, jobs finished."""
     cwd, jobs = REPO, sweep_jobs(grid)
     if mode in ("naive", "per_process"):
         extra = NAIVE if mode == "naive" else []
@@ -390,7 +413,9 @@ def run_sweep(mode: str, grid, common: list[str], folder: Path, env: dict) -> di
                 print(tail, file=sys.stderr)
     else:
         wall, peak, status, tail = run_measured(
-            xilsweep_command("-m", *LAUNCHERS[mode], *common, *sweep_arguments(grid), f"hydra.sweep.dir={folder}"),
+            xilsweep_command(
+                "-m", *LAUNCHERS[mode], *launcher, *common, *sweep_arguments(grid), f"hydra.sweep.dir={folder}"
+            ),
             cwd,
             env,
         )
@@ -438,6 +463,26 @@ def full_sweep_section(args, env: dict) -> dict:
     result["arguments"] = sweep_arguments(grid)
     print(f"  {result['jobs']}-job sweep ({args.full_sweep_mode}): {result['seconds']:.0f} s", flush=True)
     return result
+
+
+def sharing_section(args, env: dict) -> list[dict]:
+    """Jobs/hour of the same sweep of default jobs run 1, 2, 4, ... at a time on one device
+    (the parallel launcher with that many workers, one thread each)."""
+    grid, results = sweep_grid(args.sharing_sweep_jobs), []
+    for workers in args.sharing_workers:
+        result = run_sweep(
+            "parallel",
+            grid,
+            job_overrides(args, "cnn"),
+            args.work_dir / "sharing" / str(workers),
+            env,
+            launcher=(f"hydra.launcher.n_jobs={workers}",),
+        )
+        base = results[0] if results else result
+        result.update(workers=workers, vs_first=result["jobs_per_hour"] / base["jobs_per_hour"])
+        results.append(result)
+        print(f"  sharing: {workers} at a time: {result['jobs_per_hour']:.0f} jobs/hour", flush=True)
+    return results
 
 
 def grid_section(args, env: dict) -> dict:
@@ -546,7 +591,7 @@ def targets(report: dict) -> list[str]:
 def table(report: dict) -> str:
     machine = report["machine"]
     lines = [
-        f"xilsweep speed benchmark: {machine['cpus']} CPUs, torch {machine['torch']}, "
+        f"xilsweep speed benchmark: {machine['cpus']} CPUs, {machine['device']}, torch {machine['torch']}, "
         f"load average {machine['load_before']:.1f} before, {machine['load_after']:.1f} after"
     ]
     if report.get("profile"):
@@ -622,6 +667,20 @@ def table(report: dict) -> str:
                 f"| {r['model']} | {r['mode']} | {r['done']}/{r['jobs']} | {r['seconds']:.1f} "
                 f"| {r['jobs_per_hour']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} |"
             )
+    if report.get("sharing"):
+        lines += [
+            "",
+            f"Jobs sharing one {report['settings']['device']} device: the same sweep of default jobs, "
+            "so many at a time (parallel launcher)",
+            "",
+            "| jobs at a time | jobs done | seconds | jobs/hour | x the first row |",
+            "|---|---|---|---|---|",
+        ]
+        for r in report["sharing"]:
+            lines.append(
+                f"| {r['workers']} | {r['done']}/{r['jobs']} | {r['seconds']:.1f} | {r['jobs_per_hour']:.0f} "
+                f"| {r['vs_first']:.2f}x |"
+            )
     if report.get("full_sweep"):
         r = report["full_sweep"]
         lines += [
@@ -644,14 +703,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a quick check on a 300-image subset (for tests)")
     parser.add_argument(
         "--sections",
-        default="profile,loop,sweeps,full,grid",
-        help="comma-separated: profile, loop, sweeps, full, grid, compile",
+        default=None,
+        help="comma-separated: profile, loop, sweeps, full, grid, sharing, compile "
+        "(default: profile,loop,sweeps,full,grid; with --device cuda: profile,loop,sharing)",
     )
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="where jobs, loops and the ceiling run")
+    parser.add_argument(
+        "--sharing-workers", type=int, nargs="+", default=[1, 2, 4, 8], help="jobs at a time of the sharing section"
+    )
+    parser.add_argument("--sharing-sweep-jobs", type=int, default=32)
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads of the loop section")
     parser.add_argument("--models", nargs="+", default=["cnn", "cnn_examples"], choices=MODELS)
     parser.add_argument("--profile-jobs", type=int, default=3, help="warm jobs of the profile section")
     parser.add_argument("--repeats", type=int, default=4, help="rounds of the loop measurements")
-    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--matmul-size", type=int, default=None, help="default: 2048 (cpu), 8192 (cuda)")
     parser.add_argument("--sweep-models", nargs="+", default=["cnn"], choices=MODELS)
     parser.add_argument("--modes", nargs="+", default=list(SWEEP_MODES), choices=SWEEP_MODES)
     parser.add_argument("--sweep-jobs", type=int, default=8)
@@ -660,10 +725,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=REPO / "data")
     parser.add_argument("--work-dir", type=Path, default=None, help="job folders (default: a temporary folder)")
     args = parser.parse_args(argv)
-    args.job_overrides = TINY if args.tiny else []
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is false)")
+    args.sections = args.sections or DEFAULT_SECTIONS[args.device]
+    args.matmul_size = args.matmul_size or (8192 if args.device == "cuda" else 2048)
+    args.job_overrides = [*(TINY if args.tiny else []), f"trainer.device={args.device}"]
     if args.tiny:
         args.threads, args.models, args.repeats, args.matmul_size = [1], ["cnn"], 1, 256
         args.sweep_models, args.sweep_jobs, args.full_sweep_jobs, args.profile_jobs = ["cnn"], 2, 2, 1
+        args.sharing_workers, args.sharing_sweep_jobs = [2], 2
     sections = set(args.sections.split(","))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     report = {
@@ -671,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
             "load_before": os.getloadavg()[0],
         },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -689,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
             report["full_sweep"] = full_sweep_section(args, env)
         if "grid" in sections:
             report["grid"] = grid_section(args, env)
+        if "sharing" in sections:
+            report["sharing"] = sharing_section(args, env)
     report["machine"]["load_after"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")

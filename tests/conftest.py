@@ -34,3 +34,12 @@ def data(data_root):
 @pytest.fixture
 def xilsweep_cli():
     return run_xilsweep
+
+
+# Files whose tests mostly wait (on SLURM's time limits, a study's heartbeats, a Ray head):
+# collected first, so that pytest-xdist starts them while other workers run the busy files.
+WAITING_FILES = ("test_slurm.py", "test_cluster_optuna.py", "test_ray.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in WAITING_FILES)  # stable: order kept otherwise

@@ -82,3 +82,22 @@ def events(run_dir: Path) -> EventAccumulator:
     accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     accumulator.Reload()
     return accumulator
+
+
+# fields of a job's record that legitimately differ between two runs of the same job
+VOLATILE = {"pid", "host", "config", "run_name", "overrides"}
+
+
+def comparable(metrics: dict) -> dict:
+    """The record without timings, the process and the fields that name the run (the
+    config too: a resumed job's says resume=true)."""
+    out = {k: v for k, v in metrics.items() if k not in VOLATILE and "seconds" not in k}
+    out["history"] = [{k: v for k, v in h.items() if "seconds" not in k} for h in metrics["history"]]
+    return out
+
+
+def run_job_dir(data_root, out: Path, *extra, base=TINY) -> dict:
+    """Run one job into ``out`` (which must succeed) and return its record."""
+    result = run_xilsweep([*base, f"data.root={data_root}", f"hydra.run.dir={out}", *extra], out.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers import REPO
 
@@ -18,7 +19,7 @@ def test_benchmark_runs_and_writes_its_json(data_root, tmp_path):
             "--tiny",
             f"--data-root={data_root}",
             f"--out={out}",
-            "--sections=profile,loop,sweeps",
+            "--sections=profile,loop,sweeps,sharing",
             "--modes=in_process",
             f"--work-dir={tmp_path / 'jobs'}",
         ],
@@ -42,4 +43,20 @@ def test_benchmark_runs_and_writes_its_json(data_root, tmp_path):
     assert profile["startup"] == pytest.approx(profile["compose"] + profile["assemble"] + profile["start"])
     assert 0 < profile["reasons_share"] < 1 and profile["total"] >= profile["fit"] > 0
     assert "reason metrics, share of a default job's time" in result.stdout  # a target line, measured
+    (sharing,) = report["sharing"]
+    assert sharing["workers"] == 2 and sharing["done"] == sharing["jobs"] == 2 and sharing["vs_first"] == 1.0
     assert "| 1 | cnn |" in result.stdout and "| cnn | in_process | 2/2 |" in result.stdout
+    assert "| 2 | 2/2 |" in result.stdout  # the sharing table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the cuda mode would run")
+def test_cuda_mode_without_a_gpu_stops_with_one_line(tmp_path):
+    out = tmp_path / "speed.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "speed.py"), "--device=cuda", f"--out={out}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and not out.exists()
+    assert "--device cuda: no CUDA GPU is visible here" in result.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import REPO, TINY, start_xilsweep
+from helpers import REPO, TINY, comparable, start_xilsweep
 from xilsweep.report import find_jobs
 
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
@@ -105,16 +105,6 @@ def wait_for_epoch(folder_of, numbers, epoch: int, deadline: float) -> int:
                 return number
         time.sleep(0.2)
     raise TimeoutError(f"no job reached epoch {epoch}")
-
-
-def comparable(metrics: dict) -> dict:
-    """A job's record without what differs between identical runs: timings, process,
-    folder name, and the resume flag SLURM's restart sets."""
-    drop = {"seconds", "seconds_per_epoch", "reasons_seconds_per_epoch", "seconds_by_stage", "pid", "host", "run_name"}
-    record = {key: value for key, value in metrics.items() if key not in drop}
-    record["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
-    record["config"] = {**metrics["config"], "trainer": {**metrics["config"]["trainer"], "resume": None}}
-    return record
 
 
 def test_jobs_cut_by_time_limit_or_requeue_resume_and_end_as_uninterrupted(slurm, data_root, tmp_path):

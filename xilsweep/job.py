@@ -35,7 +35,7 @@ from xilsweep.losses import XILLoss
 from xilsweep.reasons import REASON_TAGS, Explainer, shortcut_removed_all, validation_reliance
 from xilsweep.sampling import MixedBatchSampler
 from xilsweep.tracking import EpochRecorder, RunRecorder, write_metrics
-from xilsweep.training import Trainer
+from xilsweep.training import Trainer, scores
 
 log = logging.getLogger("xilsweep")
 CHECKPOINT_FILE = "checkpoint.pth"
@@ -52,8 +52,10 @@ class ConfigError(Exception):
 def build(cfg: DictConfig, group: str, **supplied):
     """Instantiate a config group, reporting bad values under the group's name."""
     try:
+        # Resolved first: instantiating the node itself would copy the whole config for its interpolations.
+        node = OmegaConf.to_container(cfg[group], resolve=True)
         # Only xilsweep's own classes may be instantiated from a config.
-        return instantiate(cfg[group], _convert_="all", _execution_whitelist_="xilsweep.*", **supplied)
+        return instantiate(node, _convert_="all", _execution_whitelist_="xilsweep.*", **supplied)
     except SettingError as e:
         raise ConfigError(str(e.in_group(group))) from None
     except hydra.errors.InstantiationException as e:
@@ -69,6 +71,8 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
     # = use_deterministic_algorithms(True, warn_only=True), without importing torch._inductor
     torch.set_deterministic_debug_mode("warn")
+    # which would also fill every new tensor with NaN, a debugging aid that costs a pass over memory
+    torch.utils.deterministic.fill_uninitialized_memory = False
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -116,8 +120,10 @@ class Job:
             "data": self.data.key,
         }
 
-    def reasons(self, model: torch.nn.Module, attributions: bool = True, monitor: bool = False) -> dict:
-        return self.explainer.reasons(model, self.data, self.confounded_class, attributions, monitor)
+    def reasons(
+        self, model: torch.nn.Module, attributions: bool = True, monitor: bool = False, clean_pred=None
+    ) -> dict:
+        return self.explainer.reasons(model, self.data, self.confounded_class, attributions, monitor, clean_pred)
 
     def reference_reasons(self, model: torch.nn.Module, reference: dict) -> tuple[dict, dict]:
         """A reference model's reasons under this job's explainer, on the whole
@@ -202,8 +208,9 @@ class Job:
                 validate=self.validation(),
             )
             fit_ended = time.perf_counter()
-            test = self.trainer.evaluate(self.model, self.data.test)
-            final = self.reasons(self.model)  # of the best (restored) model
+            test_logits = self.trainer.predict(self.model, self.data.test.x)
+            test = scores(test_logits, self.data.test.labels.to(test_logits.device))
+            final = self.reasons(self.model, clean_pred=test_logits.argmax(1))  # of the best (restored) model
             final_reasons_seconds = time.perf_counter() - fit_ended
             record.update(
                 {
@@ -295,7 +302,7 @@ def assemble(cfg: DictConfig) -> Job:
     if problems:
         raise ConfigError("\n".join(problems))
     seed_everything(cfg.seed)
-    trainer.apply_threads()
+    trainer.apply_process_settings()
     try:
         data = data_spec.load()
     except SettingError as e:

@@ -243,6 +243,7 @@ class Explainer:
         confounded_class: int | None,
         attributions: bool = True,
         monitor: bool = False,
+        clean_pred: torch.Tensor | None = None,
     ) -> dict:
         """The four reason metrics of ``model`` on the test set (docs/reliance.md);
         a metric that does not apply, or is not computed, is None.
@@ -250,7 +251,8 @@ class Explainer:
         The maps explain the dotted test images of ``confounded_class`` (all
         dotted test images when it is None, which also drops the flip rate);
         ``attributions=False`` skips them (forward passes only); ``monitor``
-        uses the ``monitor_images`` subset.
+        uses the ``monitor_images`` subset. ``clean_pred``: the model's predicted
+        classes on the whole clean test set, where already known (not with ``monitor``).
         """
         device = next(model.parameters()).device
         test, dotted = data.test, data.test_dotted
@@ -269,7 +271,10 @@ class Explainer:
         }
         if c is not None:
             others = has_dots & (labels != c)  # test_dotted is the clean test set plus dots, image for image
-            clean_pred = predict_logits(model, test.x[others.cpu()].to(device), CHUNK).argmax(1)
+            if clean_pred is None:
+                clean_pred = predict_logits(model, test.x[others.cpu()].to(device), CHUNK).argmax(1)
+            else:
+                clean_pred = clean_pred.to(device)[others]
             result["dot_flip_rate"] = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], c)
         explained = torch.nonzero(has_dots & (labels == c) if c is not None else has_dots).flatten()
         explained = explained[: self.n_images if attributions else 0]

@@ -4,6 +4,8 @@ fit_until_early_stopping, and the Trainer that holds their settings."""
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import math
 import os
 import time
@@ -97,12 +99,35 @@ def predict_logits(model, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) ->
     return torch.cat([model(chunk) for chunk in x.split(batch_size)])
 
 
-def evaluate(model, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> dict:
-    """Mean cross-entropy and accuracy of ``model`` on ``split``."""
-    logits = predict_logits(model, split.x, batch_size)
-    labels = split.labels
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Mean cross-entropy and accuracy of ``logits`` against ``labels``."""
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     return {"loss": loss, "accuracy": (logits.argmax(dim=1) == labels).float().mean().item()}
+
+
+def evaluate(model, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> dict:
+    """Mean cross-entropy and accuracy of ``model`` on ``split``."""
+    return scores(predict_logits(model, split.x, batch_size), split.labels)
+
+
+# glibc's mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of returning it to the system.
+
+    Every batch allocates activations and gradients of the same sizes; by default
+    the larger ones come fresh from the system each time and their first write
+    faults every page in (bench/speed.py measures the difference). A no-op
+    without glibc.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -268,8 +293,10 @@ class Trainer:
         # Channels-last convolutions and max-pooling measured faster on the CPU (see README, "Speed").
         self.memory_format = torch.channels_last
 
-    def apply_threads(self) -> None:
+    def apply_process_settings(self) -> None:
+        """Threads, and the C allocator told to keep freed memory (``keep_freed_memory``)."""
         torch.set_num_threads(self.num_threads)
+        keep_freed_memory()
 
     def place(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` (in place) on the device, in the memory format training uses."""
@@ -316,6 +343,10 @@ class Trainer:
 
     def evaluate(self, model, split: Split) -> dict:
         return evaluate(self.place(model), split.to(self.device), self.eval_batch_size)
+
+    def predict(self, model, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``model`` on images ``x``."""
+        return predict_logits(self.place(model), x.to(self.device), self.eval_batch_size)
 
 
 def train_confounded(
