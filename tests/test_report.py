@@ -5,12 +5,13 @@ import json
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from helpers import job_folders, run_sweep
-from xilsweep.report import answer_lambda, find_jobs, write_report
+from xilsweep.report import answer_lambda, find_jobs, parse_overrides, varied_keys, write_report
 from xilsweep.report import main as report_main
 
 FAST = ["trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
@@ -226,3 +227,14 @@ def test_not_a_sweep_folder_is_one_line_and_a_nonzero_exit(grid_sweep, tmp_path,
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1
         assert "is not a sweep folder" in err and hint in err
+
+
+def test_an_interpolated_override_is_one_setting_not_one_per_job(tmp_path):
+    """pretrain.seed=${seed} follows the seed: the report groups by seed alone."""
+    overrides = [
+        parse_overrides(["pretrain.seed=${seed}", f"seed={seed}"], {"seed": seed, "pretrain": {"seed": seed}})
+        for seed in (0, 1)
+    ]
+    assert overrides[1] == {"pretrain.seed": "${seed}", "seed": 1}
+    jobs = [SimpleNamespace(overrides=o) for o in overrides]
+    assert varied_keys(jobs) == ["seed"]

@@ -91,7 +91,8 @@ class Job:
 def read_overrides(folder: Path, metrics: dict) -> dict:
     """``key -> value`` of the job's Hydra overrides, parsed by Hydra's own
     override grammar; a setting's value is taken from the resolved config in
-    ``metrics.json`` where the job has one (deletions skipped)."""
+    ``metrics.json`` where the job has one, an interpolation is kept as written
+    (deletions skipped)."""
     path = folder / ".hydra" / "overrides.yaml"
     lines = yaml.safe_load(path.read_text()) if path.exists() else metrics.get("overrides")
     if isinstance(lines, str):  # older metrics.json files hold the list as its text
@@ -105,9 +106,12 @@ def parse_overrides(lines: list, config: dict) -> dict:
     for override in OverridesParser.create().parse_overrides([str(line) for line in lines]):
         if override.is_delete():
             continue
-        key = override.key_or_group
+        key, written = override.key_or_group, override.value()
+        if isinstance(written, str) and "${" in written:  # e.g. pretrain.seed=${seed}: one setting, not one per job
+            overrides[key] = written
+            continue
         value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
-        overrides[key] = override.value() if value is None or OmegaConf.is_config(value) else value
+        overrides[key] = written if value is None or OmegaConf.is_config(value) else value
     return overrides
 
 
