@@ -1,5 +1,5 @@
 """Speed benchmark: ``python bench/speed.py [--out bench/results/speed.json]``
-(``make bench``, about 15 minutes on 2 cores). Not part of the test suite;
+(``make bench``, about 12 minutes on 2 cores). Not part of the test suite;
 ``--tiny`` is the quick setting its smoke test runs.
 
 One run measures, on the same data, models and batches:

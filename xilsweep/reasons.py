@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam, Saliency
 from torch import nn
 
 from xilsweep.data import Split, XILData
@@ -327,6 +326,8 @@ class GradCAM(Explainer):
             )
 
     def _maps(self, model, x, target):
+        from captum.attr import LayerGradCam  # on first use: captum.attr also loads matplotlib
+
         cam = LayerGradCam(model, model.last_conv).attribute(x, target=target, relu_attributions=True)
         layers = list(model.features)
         stride, offset = receptive_field(layers[: layers.index(model.last_conv) + 1])
@@ -339,5 +340,7 @@ class InputGradients(Explainer):
     name = "input_gradients"
 
     def _maps(self, model, x, target):
+        from captum.attr import Saliency  # on first use: captum.attr also loads matplotlib
+
         # a fresh leaf that requires grad (captum would otherwise set it, with a warning)
         return Saliency(model).attribute(x.detach().requires_grad_(), target=target, abs=True)
