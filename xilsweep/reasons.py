@@ -91,21 +91,37 @@ def dot_flip_rate(
     return (dotted_pred[eligible] == confounded_class).float().mean().item()
 
 
+def forward_reliance(
+    model: nn.Module, clean_x: torch.Tensor, dotted: Split, confounded_class: int | None, clean_pred=None
+) -> tuple[float, float | None, torch.Tensor, torch.Tensor]:
+    """The forward-only reliance figures of ``model`` on ``dotted`` (the images ``clean_x``
+    with dots pasted in, image for image): the accuracy on ``dotted`` and the dot flip rate
+    between the two among the images with dots outside ``confounded_class`` (None without
+    one), with the predictions on ``dotted`` and which images carry dots. ``clean_pred``:
+    the predicted classes on ``clean_x``, where already known."""
+    device = next(model.parameters()).device
+    dotted = dotted.to(device)
+    labels = dotted.labels
+    dotted_pred = predict_logits(model, dotted.x, CHUNK).argmax(1)
+    has_dots = dotted.mask.flatten(1).any(1)
+    flip = None
+    if confounded_class is not None:
+        others = has_dots & (labels != confounded_class)
+        if clean_pred is None:
+            clean_pred = predict_logits(model, clean_x[others.to(clean_x.device)].to(device), CHUNK).argmax(1)
+        else:
+            clean_pred = clean_pred.to(device)[others]
+        flip = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], confounded_class)
+    return (dotted_pred == labels).float().mean().item(), flip, dotted_pred, has_dots
+
+
 def validation_reliance(model: nn.Module, val: Split, val_dotted: Split, confounded_class: int | None) -> dict:
     """Reliance measured on validation data only (forward passes): the accuracy on
     ``val_dotted`` (``val`` with the pool's confounders pasted in, image for image,
     see ``correction.dotted_validation``) and the dot flip rate between the two
     (None without a confounded class)."""
-    device = next(model.parameters()).device
-    val, val_dotted = val.to(device), val_dotted.to(device)
-    labels = val.labels
-    dotted_pred = predict_logits(model, val_dotted.x, CHUNK).argmax(1)
-    result = {"val_dotted_accuracy": (dotted_pred == labels).float().mean().item(), "val_dot_flip_rate": None}
-    if confounded_class is not None:
-        others = labels != confounded_class
-        clean_pred = predict_logits(model, val.x[others], CHUNK).argmax(1)
-        result["val_dot_flip_rate"] = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], confounded_class)
-    return result
+    accuracy, flip, _, _ = forward_reliance(model, val.x, val_dotted, confounded_class)
+    return {"val_dotted_accuracy": accuracy, "val_dot_flip_rate": flip}
 
 
 def shortcut_removed(
@@ -258,23 +274,17 @@ class Explainer:
         if monitor and self.monitor_images is not None:
             chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: self.monitor_images]
             test, dotted = test.subset(chosen), dotted.subset(chosen)
+        c = confounded_class
+        # test_dotted is the clean test set plus dots, image for image
+        accuracy, flip, dotted_pred, has_dots = forward_reliance(model, test.x, dotted, c, clean_pred)
         dotted = dotted.to(device)
-        labels, c = dotted.labels, confounded_class
-        dotted_pred = predict_logits(model, dotted.x, CHUNK).argmax(1)
-        has_dots = dotted.mask.flatten(1).any(1)
+        labels = dotted.labels
         result = {
-            "test_dotted_accuracy": (dotted_pred == labels).float().mean().item(),
-            "dot_flip_rate": None,
+            "test_dotted_accuracy": accuracy,
+            "dot_flip_rate": flip,
             "attribution_in_mask": None,
             "wrong_reason_score": None,
         }
-        if c is not None:
-            others = has_dots & (labels != c)  # test_dotted is the clean test set plus dots, image for image
-            if clean_pred is None:
-                clean_pred = predict_logits(model, test.x[others.cpu()].to(device), CHUNK).argmax(1)
-            else:
-                clean_pred = clean_pred.to(device)[others]
-            result["dot_flip_rate"] = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], c)
         explained = torch.nonzero(has_dots & (labels == c) if c is not None else has_dots).flatten()
         explained = explained[: self.n_images if attributions else 0]
         if len(explained):
