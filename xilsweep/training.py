@@ -119,8 +119,7 @@ def keep_freed_memory() -> None:
 
     Every batch allocates activations and gradients of the same sizes; by default
     the larger ones come fresh from the system each time and their first write
-    faults every page in (bench/speed.py measures the difference). A no-op
-    without glibc.
+    faults every page in (docs/speed.md). A no-op without glibc.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -342,7 +341,7 @@ class Trainer:
         )
 
     def evaluate(self, model, split: Split) -> dict:
-        return evaluate(self.place(model), split.to(self.device), self.eval_batch_size)
+        return scores(self.predict(model, split.x), split.labels.to(self.device))
 
     def predict(self, model, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``model`` on images ``x``."""
