@@ -24,9 +24,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# -n auto: one test worker per core, each taking whole test files (a file's tests share its services)
+# -n auto: one test worker per core, each taking whole test files (a file's tests share its services),
+# in collection order (tests/conftest.py puts the files that wait on services first)
 test: lint
-	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/speed.py $(ARGS)

@@ -61,9 +61,9 @@ JobCompType=jobcomp/none
 # Batch jobs may be requeued (time limit with submitit, preemption, scontrol requeue).
 JobRequeue=1
 # Short waits so tests see time limits and requeues quickly.
-KillWait=10
+KillWait=2
 MinJobAge=60
-SchedulerParameters=sched_interval=5
+SchedulerParameters=sched_interval=1
 ReturnToService=2
 SlurmdTimeout=30
 InactiveLimit=0

@@ -37,7 +37,8 @@ def xilsweep_cli():
 
 
 # Files whose tests mostly wait (on SLURM's time limits, a study's heartbeats, a Ray head):
-# collected first, so that pytest-xdist starts them while other workers run the busy files.
+# collected first, so that pytest-xdist (with --no-loadscope-reorder, see the Makefile) starts
+# them while other workers run the busy files.
 WAITING_FILES = ("test_slurm.py", "test_cluster_optuna.py", "test_ray.py")
 
 

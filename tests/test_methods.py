@@ -65,6 +65,24 @@ def test_lagrangian_multiplier_rises_while_violated_and_falls_to_zero_once_satis
     assert epochs[0]["train_loss"] != pytest.approx(epochs[0]["train_loss_confounded"])
 
 
+def test_lagrangian_step_clips_the_primal_gradient():
+    """trainer.grad_clip with the Lagrangian: the primal step sees the clipped gradient."""
+    torch.manual_seed(0)
+    model = MLP(hidden=[16])
+    loss = LagrangianLoss(eps=0.0, multiplier_init=5.0)
+    primal = torch.optim.SGD(model.parameters(), lr=0.0)
+    step = loss.wrap_optimizer(primal, grad_clip=0.01)
+    norms = []  # read after the clipping hook, which runs first
+    primal.register_step_pre_hook(
+        lambda *_: norms.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())
+    )
+    x, targets = torch.rand(8, 1, 28, 28) * 50, torch.tensor([0, 1] * 4)
+    is_corrected = torch.tensor([False] * 4 + [True] * 4)
+    logits, (total, _, _) = step.train_step(model, x, targets, is_corrected, torch.zeros_like(x, dtype=torch.bool))
+    assert torch.isfinite(total) and logits.shape == (8, 2)
+    assert norms and norms[0] == pytest.approx(0.01, rel=1e-4)  # unclipped, it is in the thousands
+
+
 def test_lagrangian_value_and_bad_settings():
     loss = LagrangianLoss(eps=0.5, multiplier_init=2.0)
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]])

@@ -5,18 +5,21 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, comparable, run_job_dir, run_xilsweep
+from helpers import TINY, comparable, job_metrics, run_job_dir, run_sweep, run_xilsweep
 from xilsweep.data import ConfoundedMNIST08
 from xilsweep.errors import DataError
 from xilsweep.files import read_checked
 
 
 def test_same_config_and_seed_give_identical_metrics(data_root, tmp_path):
+    """Two runs of a job, one in its own process and one after a job with another seed in a
+    sweep's process (so nothing a job leaves behind changes the next), and that other seed."""
     a = run_job_dir(data_root, tmp_path / "a")
-    b = run_job_dir(data_root, tmp_path / "b")
+    sweep = run_sweep(["seed=1,0"], tmp_path / "sweep", data_root)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    c, b = job_metrics(tmp_path / "sweep")
     assert comparable(a) == comparable(b)
     assert a["data_hash"] and a["version"] and a["config"]["loss"]["lam"] == 1.0
-    c = run_job_dir(data_root, tmp_path / "c", "seed=1")
     assert comparable(c)["history"] != comparable(a)["history"]
 
 

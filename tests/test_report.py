@@ -238,3 +238,11 @@ def test_an_interpolated_override_is_one_setting_not_one_per_job(tmp_path):
     assert overrides[1] == {"pretrain.seed": "${seed}", "seed": 1}
     jobs = [SimpleNamespace(overrides=o) for o in overrides]
     assert varied_keys(jobs) == ["seed"]
+
+
+def test_jobs_resumed_with_trainer_resume_stay_in_their_setting():
+    """A sweep rerun with trainer.resume=true (its failed jobs run again) is one sweep."""
+    first = parse_overrides(["loss=rrr", "seed=0"], {})
+    again = parse_overrides(["loss=rrr", "seed=1", "trainer.resume=true"], {"trainer": {"resume": True}})
+    assert again == {"loss": "rrr", "seed": 1}
+    assert varied_keys([SimpleNamespace(overrides=o) for o in (first, again)]) == ["seed"]

@@ -64,10 +64,15 @@ def test_job_writes_tensorboard_tags_hparams_and_metrics_in_its_own_folder(data_
         ("data.root=/nonexistent", "data.root='/nonexistent' is not allowed: an existing directory"),
         ("data.confounder.positions=center", "data.confounder.positions"),
         ("model.pool=[true]", "model.pool"),
+        ("sampler.batch_size=0", "sampler.batch_size=0 is not allowed"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
+        ("data.n_train=0", "data.n_train=0 is not allowed"),
+        ("loss=lagrangian loss.eps=-0.5", "loss.eps=-0.5 is not allowed: a number >= 0"),
+        ("model=mlp explainer=gradcam", "explainer='gradcam' is not allowed: input_gradients"),
     ],
 )
 def test_bad_settings_stop_before_any_work_with_one_clear_line(override, message, data_root):
-    cfg = job_config([*TINY, override], data_root)
+    cfg = job_config([*TINY, *override.split()], data_root)
     with pytest.raises(ConfigError) as err:
         assemble(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)

@@ -111,7 +111,7 @@ def test_jobs_cut_by_time_limit_or_requeue_resume_and_end_as_uninterrupted(slurm
     """Three identical jobs: 0 runs through; 1 gets submitit's time-limit signal (the one SLURM
     sends signal_delay_s before the limit); 2 is requeued with scontrol, as on preemption."""
     sweep = tmp_path / "sweep"
-    epochs = 80  # about 30 s a job: longer than the 12 s SLURM gives a job step to end after a requeue
+    epochs = 24  # about 9 s a job: it outlasts the 2 s (KillWait) SLURM gives it to end after a requeue
     args = [
         "-m",
         *FAST,
@@ -134,7 +134,7 @@ def test_jobs_cut_by_time_limit_or_requeue_resume_and_end_as_uninterrupted(slurm
         deadline = time.monotonic() + 240
         to_interrupt = [1, 2]
         while to_interrupt:  # each one once it has checkpointed a few epochs
-            number = wait_for_epoch(folder_of, to_interrupt, 3, deadline)
+            number = wait_for_epoch(folder_of, to_interrupt, 2, deadline)
             slurm_id = slurm_jobs(sweep)[number]
             command = ["scancel", "--signal=USR2", slurm_id] if number == 1 else ["scontrol", "requeue", slurm_id]
             subprocess.run(command, check=True, capture_output=True)

@@ -92,7 +92,7 @@ def read_overrides(folder: Path, metrics: dict) -> dict:
     """``key -> value`` of the job's Hydra overrides, parsed by Hydra's own
     override grammar; a setting's value is taken from the resolved config in
     ``metrics.json`` where the job has one, an interpolation is kept as written
-    (deletions skipped)."""
+    (deletions and ``HOW_TO_RUN`` skipped)."""
     path = folder / ".hydra" / "overrides.yaml"
     lines = yaml.safe_load(path.read_text()) if path.exists() else metrics.get("overrides")
     if isinstance(lines, str):  # older metrics.json files hold the list as its text
@@ -100,11 +100,16 @@ def read_overrides(folder: Path, metrics: dict) -> dict:
     return parse_overrides(lines or [], metrics.get("config") or {})
 
 
+# Overrides that say how a job runs, not what it computes: a sweep resumed with
+# trainer.resume=true after a crash is the same sweep, not a second setting.
+HOW_TO_RUN = {"trainer.resume"}
+
+
 def parse_overrides(lines: list, config: dict) -> dict:
     config = OmegaConf.create(config)
     overrides = {}
     for override in OverridesParser.create().parse_overrides([str(line) for line in lines]):
-        if override.is_delete():
+        if override.is_delete() or override.key_or_group in HOW_TO_RUN:
             continue
         key, written = override.key_or_group, override.value()
         if isinstance(written, str) and "${" in written:  # e.g. pretrain.seed=${seed}: one setting, not one per job

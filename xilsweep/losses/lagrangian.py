@@ -96,7 +96,11 @@ class PrimalDualStep:
         )
         if grad_clip:
             params = [p for group in primal.param_groups for p in group["params"]]
-            primal.register_step_pre_hook(lambda *_: torch.nn.utils.clip_grad_norm_(params, grad_clip))
+
+            def clip(*_) -> None:  # a step pre-hook must return None (clip_grad_norm_ returns the norm)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+
+            primal.register_step_pre_hook(clip)
 
     def train_step(self, model, x, targets, is_corrected, mask):
         """``(logits, (lagrangian, confounded_part, corrected_part))`` after one update."""
