@@ -274,10 +274,9 @@ class Explainer:
         if monitor and self.monitor_images is not None:
             chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: self.monitor_images]
             test, dotted = test.subset(chosen), dotted.subset(chosen)
-        c = confounded_class
+        c, dotted = confounded_class, dotted.to(device)  # placed once: forward_reliance and the maps read it
         # test_dotted is the clean test set plus dots, image for image
         accuracy, flip, dotted_pred, has_dots = forward_reliance(model, test.x, dotted, c, clean_pred)
-        dotted = dotted.to(device)
         labels = dotted.labels
         result = {
             "test_dotted_accuracy": accuracy,
