@@ -214,7 +214,11 @@ def experiment_jobs(name: str) -> list[list[str]]:
 
 @pytest.mark.parametrize(
     "name,models,data_target",
-    [("compare_methods", ("cnn",), "ConfoundedMNIST08"), ("compare_methods_decoy", ("mlp", "cnn"), "DecoyMNIST")],
+    [
+        ("compare_methods", {"cnn": (10, 25, 100)}, "ConfoundedMNIST08"),
+        # the MLP also with every training digit corrected: Ross et al.'s setting
+        ("compare_methods_decoy", {"mlp_wide": (10, 25, 100, 9000), "cnn": (10, 25, 100)}, "DecoyMNIST"),
+    ],
 )
 def test_method_comparisons_compose_every_job_and_cover_every_method(name, models, data_target):
     """One composition per distinct set of group choices (the jobs differ from it only in
@@ -233,10 +237,10 @@ def test_method_comparisons_compose_every_job_and_cover_every_method(name, model
         seen.add((*composed[choices], int(values["pool.size"]), int(values["seed"])))
     expected = {
         (model, loss, correction, size, seed)
-        for model in models
+        for model, sizes in models.items()
         for loss, correction in METHODS
         if model == "cnn" or loss not in NEED_A_CONVOLUTION
-        for size in (10, 25, 100)
+        for size in sizes
         for seed in (0, 1, 2)
     }
     assert seen == expected and len(jobs) == len(expected)  # every method at every setting, each once
