@@ -155,11 +155,14 @@ def test_rbr_penalty_vanishes_for_a_linear_softmax_model():
 
 
 @pytest.mark.parametrize(
-    "model",
-    [ConvNet(), ConvNet(channels=[4, 8], pool=[False, True], dropout=0.5), MLP()],
+    "make_model",
+    [ConvNet, lambda: ConvNet(channels=[4, 8], pool=[False, True], dropout=0.5), MLP],
     ids=["cnn", "cnn_dropout", "mlp"],
 )
-def test_contextual_decomposition_parts_sum_to_the_logits(model, data):
+def test_contextual_decomposition_parts_sum_to_the_logits(make_model, data):
+    # built here, seeded: built at collection, the weights followed whatever had drawn from the RNG before
+    torch.manual_seed(0)
+    model = make_model()
     x = data.test.x[:16]
     mask = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2
     torch.manual_seed(0)  # in training mode dropout draws the same units for the forward pass
