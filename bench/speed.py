@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO))
 
 from xilsweep.config import CONF_DIR  # noqa: E402
 from xilsweep.job import assemble, build  # noqa: E402
+from xilsweep.losses import Batch  # noqa: E402
 from xilsweep.run import run_job  # noqa: E402
 from xilsweep.sampling import create_is_user_corrected_mask  # noqa: E402
 from xilsweep.training import concat, evaluate, train_one_epoch  # noqa: E402
@@ -174,12 +175,8 @@ def reference_epoch(model, loader, k: int, loss_fn, optimizer) -> float:
     model.train()
     running = 0.0
     for x, targets in loader:
-        logits = model(x)
-        loss, _, _ = loss_fn(logits, targets, create_is_user_corrected_mask(len(x), k))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        running += loss.item()
+        batch = Batch(x, targets, create_is_user_corrected_mask(len(x), k), torch.zeros_like(x, dtype=torch.bool))
+        running += loss_fn.update(model, batch, optimizer).losses["total"].item()
     return running
 
 

@@ -1,5 +1,11 @@
 """Bad input everywhere: one clear line per problem, and no output left behind."""
 
+import json
+import os
+import shutil
+import stat
+import subprocess
+
 import pytest
 import torch
 
@@ -49,3 +55,50 @@ def test_every_problem_is_reported_one_line_each(data_root, tmp_path):
         assert len(lines) == len(problems), text[-2000:]
         for problem in problems:
             assert sum(f"{problem} is not allowed" in line for line in lines) == 1, problem
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only view of a folder (a bind mount), as a lab's shared data root or a full disk is."""
+    source, view = tmp_path / "source", tmp_path / "read_only"
+    source.mkdir()
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(source), str(view)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"no read-only bind mount here: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True, capture_output=True)
+        yield source, view
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(read_only, data_root, tmp_path):
+    _, view = read_only
+    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={view}/job"], tmp_path)
+    assert result.returncode == 2
+    assert f"hydra.run.dir='{view}/job' is not allowed: a folder this user can write" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_read_only_data_root_with_a_complete_cache_runs(read_only, data_root, tmp_path):
+    source, view = read_only
+    shutil.copytree(data_root, source, dirs_exist_ok=True)
+    first = run_xilsweep([*TINY, f"data.root={source}", f"hydra.run.dir={tmp_path / 'first'}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    for cached in source.rglob("reasons_*.json"):  # the references' figures too are recomputed, not written
+        cached.unlink()
+    second = run_xilsweep([*TINY, f"data.root={view}", f"hydra.run.dir={tmp_path / 'second'}"], tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "the reference figures are not cached" in second.stdout + second.stderr
+    assert json.loads((tmp_path / "second" / "metrics.json").read_text())["status"] == "done"
+
+
+def test_result_files_are_readable_as_the_umask_allows(data_root, tmp_path):
+    out = tmp_path / "job"
+    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (out / "metrics.json", out / "model.pth", *data_root.rglob("*.pth")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path

@@ -117,3 +117,20 @@ def test_missing_and_corrupt_mnist_files_are_reported(tmp_path, data_root):
     with pytest.raises(DataError, match="corrupt MNIST file"):
         load_mnist(tmp_path, train=False)
     assert not (raw / "t10k-images-idx3-ubyte").exists()
+
+
+def test_a_valid_gzip_that_is_not_mnist_is_named_with_its_reason(tmp_path, data_root):
+    import gzip
+    import shutil
+
+    from xilsweep.data import load_mnist
+    from xilsweep.errors import DataError
+
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(data_root / "MNIST" / "raw", raw, ignore=shutil.ignore_patterns("*-ubyte"))
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"not the MNIST labels"))
+    with pytest.raises(DataError) as err:
+        load_mnist(tmp_path, train=False)
+    message = str(err.value)
+    assert f"{raw / 't10k-labels-idx1-ubyte'} is not an MNIST IDX file (" in message
+    assert "on the IDX header" in message or ": " in message.split("(", 1)[1]  # a reason, never empty

@@ -6,10 +6,14 @@ is built from them)."""
 import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from helpers import CONF, compose_config, events, job_folders, job_metrics, run_sweep
-from hydra_plugins.xilsweep_sweeper.xilsweep_sweeper import applicable_jobs, grid
-from xilsweep.report import find_jobs
+from hydra_plugins.xilsweep_sweeper.xilsweep_sweeper import applicable_jobs, grid, grid_lines, planned_jobs
+from xilsweep.losses.rrr import RRR
+from xilsweep.losses.tuned import TUNED
+from xilsweep.results.collect import find_jobs
 
 EXPERIMENTS = ("overfit_test", "lr_search", "lambda_search", "full_grid_search")
 # Jobs of one epoch; the explanation metrics on a few images only.
@@ -43,7 +47,7 @@ def test_experiment_settings_fit_together(data):
     overfit, lr, lam, full_grid = (experiment_config(n) for n in EXPERIMENTS)
     assert overfit.trainer.patience >= overfit.trainer.max_epochs  # fitting the data: never stops early
     assert len(set(sweep_values(lr)["trainer.lr"])) >= 3
-    assert "lam" in lam.loss and len(set(sweep_values(lam)["loss.lam"])) >= 3  # the swept loss has a lambda
+    assert "lam" in lam.loss and len(set(sweep_values(lam)["loss.lam"])) >= 3  # the swept loss has a lam
     assert experiment_config("lambda_search", ["best_lr=0.007"]).trainer.lr == 0.007  # step 2's answer is used
     grid_values = sweep_values(full_grid)
     assert set(grid_values["loss"]) == {"balanced", "imbalanced"}
@@ -52,7 +56,7 @@ def test_experiment_settings_fit_together(data):
     assert max(int(v) for v in grid_values["pool.size"]) == dotted_eights  # as large as the data allows
 
 
-def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
+def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lam():
     cfg = experiment_config("full_grid_search")
     values = sweep_values(cfg)
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
@@ -61,11 +65,74 @@ def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lambda():
     jobs = applicable_jobs(combinations, overrides, is_group=lambda key: (CONF / key).is_dir(), compose=compose_config)
     n = {k: len(v) for k, v in values.items()}
     per_loss = n["trainer.lr"] * n["pool.size"] * n["seed"]
-    assert len(jobs) == per_loss * n["loss.lam"] + per_loss  # balanced x lambda, imbalanced once
+    assert len(jobs) == per_loss * n["loss.lam"] + per_loss  # balanced x lam, imbalanced once
     assert len({tuple(job) for job in jobs}) == len(jobs)
     imbalanced = [job for job in jobs if "loss=imbalanced" in job]
     assert len(imbalanced) == per_loss and not any(e.startswith("loss.lam=") for job in imbalanced for e in job)
     assert all("loss.lamda=3" in job for job in jobs)  # a key no option has is kept: Hydra reports the typo
+
+
+# The weights the method comparisons ran each penalty at when their grids still wrote them out
+# (docs/methods.md, "Tuned weights" and "Decoy-MNIST"); the registry must give every job the same.
+GRID_WEIGHTS = {
+    ("compare_methods", "cnn"): {"rrr": 100.0, "rrr_g": 10.0, "rbr": 1.0, "hint": 1000.0, "cdep": 1.0},
+    ("compare_methods_decoy", "mlp_wide"): {"rrr": 1.0, "rbr": 100.0, "cdep": 1000.0},
+    ("compare_methods_decoy", "cnn"): {"rrr": 10.0, "rrr_g": 100.0, "rbr": 10.0, "hint": 1000.0, "cdep": 1e5},
+}
+GROUP_CHOICES = ("model", "loss", "pool.correction")
+
+
+def build_method(cfg):
+    return instantiate(cfg.loss, _execution_whitelist_="xilsweep.*")
+
+
+def experiment_jobs(name: str) -> list[list[str]]:
+    """The jobs (override lists) the xilsweep sweeper launches for ``experiment=name``."""
+    sweeper = OmegaConf.to_container(experiment_config(name).hydra.sweeper)
+    return planned_jobs(
+        grid_lines(sweeper["params"], sweeper.get("grids"), [f"experiment={name}"]),
+        parse=OverridesParser.create().parse_overrides,
+        is_group=lambda key: (CONF / key).is_dir(),
+        compose=compose_config,
+    )
+
+
+@pytest.mark.parametrize("name", ["compare_methods", "compare_methods_decoy"])
+def test_method_comparisons_give_every_job_the_weight_its_grid_used_to_write(name):
+    """Composed once per distinct set of group choices: the jobs differ from it only in
+    pool.size and seed, which the weight does not read."""
+    weights = {}
+    for job in experiment_jobs(name):
+        settings = dict(entry.split("=", 1) for entry in job)
+        assert set(settings) - set(GROUP_CHOICES) == {"experiment", "pool.size", "seed"}
+        key = tuple(settings.get(choice) for choice in GROUP_CHOICES)
+        if key not in weights:
+            method = build_method(compose_config(job))  # what the job fine-tunes with
+            weights[key] = getattr(method, "lam", None)
+    for (model, loss, _), lam in weights.items():
+        expected = GRID_WEIGHTS[name, model or "cnn"].get(loss, 1.0 if loss == "balanced" else None)
+        assert lam == expected, (model, loss)
+    penalties = {
+        (model or "cnn", loss) for model, loss, _ in weights if loss not in ("balanced", "imbalanced", "lagrangian")
+    }
+    assert penalties == {(model, loss) for (n, model), by_loss in GRID_WEIGHTS.items() if n == name for loss in by_loss}
+
+
+def test_a_loss_defaults_to_the_weight_tuned_for_the_data_and_model_and_a_given_weight_wins():
+    cfg = compose_config(["loss=rrr"])
+    assert "${xil_tuned:lam}" in OmegaConf.to_yaml(cfg.loss)  # --cfg job shows where the weight comes from
+    assert cfg.loss.lam == TUNED["mnist08", "ConvNet"]["rrr"]["lam"]
+    assert compose_config(["loss=rrr", "model=lenet"]).loss.lam == TUNED["mnist08", "ConvNet"]["rrr"]["lam"]
+    decoy_mlp = compose_config(["loss=rbr", "data=decoy_mnist", "model=mlp"])
+    assert decoy_mlp.loss.lam == TUNED["decoy_mnist", "MLP"]["rbr"]["lam"]
+    assert ("mnist08", "MLP") not in TUNED  # so the class's own default applies
+    assert compose_config(["loss=rrr", "model=mlp"]).loss.lam == RRR().lam
+    overridden = compose_config(["experiment=compare_methods", "loss=rrr", "loss.lam=5"])
+    assert overridden.loss.lam == 5.0 and build_method(overridden).lam == 5.0
+    assert OmegaConf.to_container(compose_config(["loss=balanced"]).loss) == {
+        "_target_": "xilsweep.losses.baseline.Balanced",
+        "lam": 1.0,
+    }
 
 
 def test_a_setting_that_no_job_has_stops_the_sweep_before_any_job_runs(data_root, tmp_path):
@@ -134,7 +201,7 @@ def test_lambda_search_on_the_submitit_local_launcher_in_batches_of_one(data_roo
     assert result.returncode == 0, result.stderr[-2000:]
     assert [p.name.split("_")[0] for p in job_folders(out)] == ["0", "1"]  # numbered on across batches
     runs = job_metrics(out)
-    assert [(m["settings"]["lambda"], m["settings"]["lr"]) for m in runs] == [(0.5, 0.005), (2.0, 0.005)]
+    assert [(m["settings"]["lam"], m["settings"]["lr"]) for m in runs] == [(0.5, 0.005), (2.0, 0.005)]
     assert all(m["status"] == "done" and m["torch_threads"] == 1 for m in runs)
     assert len({m["pid"] for m in runs}) == 2 and (out / ".submitit").is_dir()  # a process per job
 

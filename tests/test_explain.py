@@ -7,25 +7,29 @@ import shutil
 
 import pytest
 import torch
-from torchvision.io import read_image
+from torchvision.io import ImageReadMode, read_image
 
 from helpers import TINY, events, job_config, run_xilsweep
 from xilsweep.data import CONFOUNDED_CLASS, ConfoundedMNIST08, Split
 from xilsweep.errors import SettingError
+from xilsweep.explain import (
+    FORMATS,
+    WRONG,
+    Explained,
+    attribution_colours,
+    class_names,
+    dotted_examples,
+    draw,
+    explain,
+    run_config,
+    shown_views,
+)
 from xilsweep.explain import main as explain_main
 from xilsweep.job import ConfigError, assemble, build
+from xilsweep.metrics import RELIANCE, attribution_in_mask, dot_flip_rate, normalise, wrong_reason_score
 from xilsweep.models import MLP, ConvNet
-from xilsweep.reasons import (
-    REASON_TAGS,
-    GradCAM,
-    InputGradients,
-    attribution_in_mask,
-    dot_flip_rate,
-    normalise,
-    overlay,
-    wrong_reason_score,
-)
-from xilsweep.training import Trainer, train_confounded
+from xilsweep.reasons import GradCAM, InputGradients, overlay, view_images
+from xilsweep.training import Trainer, predict_logits, train_confounded
 
 # Three 2x2 maps, flattened row by row: a map with structure, an all-zero map, and one with an offset.
 MAPS = torch.tensor([[1.0, 3.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 6.0]]).view(3, 1, 2, 2)
@@ -166,11 +170,10 @@ def test_job_logs_reliance_every_epoch_and_attributions_on_their_schedule(finish
     ea = events(finished_job)
     n_epochs = metrics["epochs_run"] + 1  # epoch 0 is the confounded model
     assert n_epochs == 3
-    forward_only = {"dot_flip_rate", "test_dotted_accuracy"}
-    for key, tag in REASON_TAGS.items():
-        scalars = ea.Scalars(tag)
-        expected = list(range(n_epochs)) if key in forward_only else [0, 2]  # attribution_every=2
-        assert [e.step for e in scalars] == expected, tag
+    for figure in RELIANCE:
+        key, scalars = figure.key, ea.Scalars(figure.tag)
+        expected = [0, 2] if figure.needs_attributions else list(range(n_epochs))  # attribution_every=2
+        assert [e.step for e in scalars] == expected, figure.tag
         # epoch 0 is the confounded model, on the monitored test images like its reference line
         assert scalars[0].value == pytest.approx(ea.Scalars(f"Confounded/{key}")[0].value), key
         assert 0 <= metrics[key] <= (100 if key == "wrong_reason_score" else 1)
@@ -184,22 +187,70 @@ def test_job_logs_reliance_every_epoch_and_attributions_on_their_schedule(finish
     assert 0 < metrics["reasons_seconds_per_epoch"] < 10
 
 
-def test_explain_command_writes_the_views_of_the_corrected_and_the_confounded_model(finished_job, capsys):
-    assert explain_main([str(finished_job), "--scale", "1"]) == 0
-    out = finished_job / "explanations"
-    names = ["corrected_samples", "corrected_original", "test_confounded_class", "test_other_classes"]
-    for name in names:
-        image = read_image(str(out / f"{name}.png"))
-        assert image.shape[0] == 3 and image.shape[2] == 8 * 30 + 2  # 8 overlays of 28 px per row
-        # a heat map on top: some pixels are coloured, not gray
-        assert (image[0].int() - image[2].int()).abs().max() > 50
-    before_after = read_image(str(out / "before_after.png"))
-    assert before_after.shape[1:] == (3 * 30 + 2, 16 * 30 + 2)  # rows: images, confounded, corrected
-    assert str(out / "before_after.png") in capsys.readouterr().out
+FIGURES = ["before_after", "corrected_samples", "corrected_original", "test_confounded_class", "test_other_classes"]
 
-    assert explain_main([str(finished_job), "--confounded", "--explainer", "input_gradients", "--n", "8"]) == 0
-    confounded = read_image(str(out / "confounded" / "corrected_samples.png"))
-    assert confounded.shape[1:] == (4 * 32, 4 * 242)  # one row of 8, enlarged 4x (the default)
+
+def test_explain_command_writes_each_figure_as_png_and_pdf(finished_job, capsys):
+    assert explain_main([str(finished_job), "--n", "4", "--dpi", "40"]) == 0
+    out = finished_job / "explanations"
+    assert capsys.readouterr().out.split() == [str(out / f"{name}.{fmt}") for name in FIGURES for fmt in FORMATS]
+    for name in FIGURES:
+        image = read_image(str(out / f"{name}.png"), ImageReadMode.RGB)
+        assert (image[0].int() - image[2].int()).abs().max() > 50  # heat maps: coloured, not gray
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    # --confounded leaves the corrected model's row out, into its own folder
+    assert explain_main([str(finished_job), "--confounded", "--n", "4", "--dpi", "40"]) == 0
+    with_corrected = read_image(str(out / "before_after.png"))
+    without = read_image(str(out / "confounded" / "before_after.png"))
+    assert without.shape[2] == with_corrected.shape[2] and without.shape[1] < with_corrected.shape[1]
+
+
+@pytest.fixture(scope="module")
+def finished(finished_job):
+    return assemble(run_config(finished_job))
+
+
+def test_figures_show_the_views_of_tensorboard_with_their_labels(finished):
+    job, c = finished, CONFOUNDED_CLASS
+    shown = shown_views(job, 4)
+    images = view_images(job.data, job.pool.corrected, job.pool.original, c, 4)
+    assert list(shown) == list(images)
+    for name, split in shown.items():
+        assert torch.equal(split.x, images[name]), name
+    assert torch.equal(shown["corrected_samples"].labels, job.pool.corrected.labels[:4])
+    assert (shown["test_confounded_class"].labels == c).all() and (shown["test_other_classes"].labels != c).all()
+    assert dotted_examples(job.data.test_dotted, c, 4).labels.tolist() == [c, c, 1 - c, 1 - c]
+    assert class_names(job) == ["0", "8"]  # 08MNIST's class 1 is the digit 8
+
+
+def test_a_row_explains_the_true_or_the_predicted_class(finished):
+    job = finished
+    dotted = dotted_examples(job.data.test_dotted, CONFOUNDED_CLASS, 32)  # the confounded model calls 0s 8
+    by_label, by_prediction = (explain(job.explainer, job.model, dotted, target) for target in ("label", "predicted"))
+    probabilities = predict_logits(job.model, dotted.x).softmax(1)
+    assert torch.equal(by_label.predicted, probabilities.argmax(1))
+    assert torch.allclose(by_label.probability, probabilities.amax(1))
+    wrong = by_label.predicted != dotted.labels
+    assert wrong.any() and (~wrong).any()
+    differs = (by_label.overlays != by_prediction.overlays).flatten(1).any(1)
+    assert torch.equal(differs, wrong)  # the maps differ exactly where the prediction is wrong
+
+
+def test_a_figure_labels_its_rows_its_tiles_and_its_colour_scale():
+    shown = Split(torch.rand(3, 1, 28, 28), torch.eye(2)[[1, 0, 1]], torch.zeros(3, 1, 28, 28, dtype=torch.bool))
+    row = Explained(overlay(shown.x, torch.rand(3, 1, 28, 28)), torch.tensor([1, 1, 0]), torch.tensor([0.9, 0.75, 0.6]))
+    fig = draw("run\nmaps", shown, {"confounded\nmodel": row, "oracle": row}, ["0", "8"])
+    tiles, bar = fig.axes[:9], fig.axes[9]  # 3 rows of 3, then the colour scale
+    assert [ax.get_title() for ax in tiles[:6]] == [
+        *("true 8", "true 0", "true 8"),
+        *("pred 8, p=0.90", "pred 8, p=0.75", "pred 0, p=0.60"),
+    ]
+    assert [tiles[i].title.get_color() for i in (3, 4, 5)] == ["black", WRONG, WRONG]
+    assert [tiles[i].get_ylabel() for i in (0, 3, 6)] == ["image", "confounded\nmodel", "oracle"]
+    assert "each image's maximum" in bar.get_ylabel()
+    assert fig.get_suptitle() == "run\nmaps"
+    # the scale's colours are the overlay's over a black pixel: black for 0, yellow for the maximum
+    assert attribution_colours()(0.0) == (0, 0, 0, 1) and attribution_colours()(1.0) == (1, 1, 0, 1)
 
 
 def test_explain_command_refuses_a_folder_that_is_not_a_run_and_a_run_without_weights(finished_job, tmp_path, capsys):
@@ -208,6 +259,7 @@ def test_explain_command_refuses_a_folder_that_is_not_a_run_and_a_run_without_we
     shutil.copytree(finished_job / ".hydra", tmp_path / "job" / ".hydra")
     assert explain_main([str(tmp_path / "job")]) == 2
     assert "model.pth is missing" in capsys.readouterr().err
+    assert explain_main([str(tmp_path / "job"), "--confounded", "--n", "2", "--dpi", "20"]) == 0  # needs no weights
     (tmp_path / "job" / "model.pth").write_bytes(b"not a model")
     assert explain_main([str(tmp_path / "job")]) == 2
     assert "model.pth is unreadable" in capsys.readouterr().err

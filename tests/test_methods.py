@@ -9,10 +9,13 @@ from xilsweep.correction import UserCorrectedDataset
 from xilsweep.data import ConfoundedMNIST08, load_mnist
 from xilsweep.decoy import NUM_CLASSES, DecoyMNIST, shade
 from xilsweep.errors import SettingError
-from xilsweep.losses import BaselineBalancedLoss, LagrangianLoss, RRRLoss, input_gradient_penalty
+from xilsweep.losses import Batch
+from xilsweep.losses.baseline import Balanced
+from xilsweep.losses.lagrangian import Lagrangian
+from xilsweep.losses.rrr import RRR, input_gradient_penalty
 from xilsweep.models import MLP
 from xilsweep.sampling import MixedBatchSampler
-from xilsweep.training import Trainer, evaluate, fit_until_early_stopping, train_confounded
+from xilsweep.training import FitData, Trainer, evaluate, train_confounded
 
 
 @pytest.fixture(scope="module")
@@ -30,29 +33,30 @@ def shade_digits(split):
 # --- Lagrangian -------------------------------------------------------------
 
 
-def test_lagrangian_multiplier_rises_while_violated_and_falls_to_zero_once_satisfied(data_root):
+def lagrangian_fit(data_root, max_epochs=8, checkpoint=None, resume=False):
+    """The Lagrangian fine-tuning a confounded MLP: its epochs' metrics and the multiplier's final value."""
     # the configured confounder (16 dots of 3x3): an MLP learns the dots, not the digits
     data = ConfoundedMNIST08(root=str(data_root), n_train=600, confounder={"n_dots": 16, "dot_size": 3}).load()
     torch.manual_seed(0)
-    model, trainer = MLP(hidden=[32]), Trainer(device="cpu")
+    model, trainer = MLP(hidden=[32]), Trainer(device="cpu", max_epochs=max_epochs, patience=8, resume=resume)
     train_confounded(model, data.train, trainer, epochs=3, lr=1e-3, batch_size=64, seed=0)
     assert evaluate(model, data.test)["accuracy"] < 0.6
     pool = UserCorrectedDataset(data.train, pool_size=30)
-    loss = LagrangianLoss(eps=0.1, dual_lr=0.05)
+    method = Lagrangian(eps=0.1, dual_lr=0.05)
     sampler = MixedBatchSampler(len(data.train), batch_size=32, k=4, pool_size=30)
     epochs = []
-    fit_until_early_stopping(
+    trainer.fit(
         model,
-        data.train,
-        pool.corrected,
-        data.val,
-        sampler,
-        loss,
-        trainer.make_optimizer(model.parameters()),
-        max_epochs=8,
-        patience=8,
+        FitData(data.train, pool.corrected, data.val, sampler),
+        method,
         on_epoch=lambda e, m: e and epochs.append(m),
+        checkpoint=checkpoint,
     )
+    return epochs, method.multiplier.weight.item()
+
+
+def test_lagrangian_multiplier_rises_while_violated_and_falls_to_zero_once_satisfied(data_root):
+    epochs, _ = lagrangian_fit(data_root)
     multiplier = [m["Lagrangian/multiplier"] for m in epochs]
     violation = [m["Lagrangian/violation"] for m in epochs]
     assert all(m["Lagrangian/epsilon"] == 0.1 for m in epochs)
@@ -65,38 +69,55 @@ def test_lagrangian_multiplier_rises_while_violated_and_falls_to_zero_once_satis
     assert epochs[0]["train_loss"] != pytest.approx(epochs[0]["train_loss_confounded"])
 
 
+def test_a_resumed_lagrangian_fit_continues_from_the_saved_multiplier(data_root, tmp_path):
+    uninterrupted, multiplier = lagrangian_fit(data_root, max_epochs=4)
+    checkpoint = tmp_path / "checkpoint.pth"
+    lagrangian_fit(data_root, max_epochs=2, checkpoint=checkpoint)
+    resumed, resumed_multiplier = lagrangian_fit(data_root, max_epochs=4, checkpoint=checkpoint, resume=True)
+    assert [m["epoch"] for m in resumed] == [3, 4] and resumed_multiplier == multiplier > 0
+
+    def timeless(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert timeless(resumed) == timeless(uninterrupted[2:])
+
+
 def test_lagrangian_step_clips_the_primal_gradient():
     """trainer.grad_clip with the Lagrangian: the primal step sees the clipped gradient."""
     torch.manual_seed(0)
     model = MLP(hidden=[16])
-    loss = LagrangianLoss(eps=0.0, multiplier_init=5.0)
-    primal = torch.optim.SGD(model.parameters(), lr=0.0)
-    step = loss.wrap_optimizer(primal, grad_clip=0.01)
+    method = Lagrangian(eps=0.0, multiplier_init=5.0)
+    primal = Trainer(device="cpu", optimizer="sgd", grad_clip=0.01).make_optimizer(model.parameters(), lr=0.0)
     norms = []  # read after the clipping hook, which runs first
     primal.register_step_pre_hook(
         lambda *_: norms.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())
     )
     x, targets = torch.rand(8, 1, 28, 28) * 50, torch.tensor([0, 1] * 4)
     is_corrected = torch.tensor([False] * 4 + [True] * 4)
-    logits, (total, _, _) = step.train_step(model, x, targets, is_corrected, torch.zeros_like(x, dtype=torch.bool))
-    assert torch.isfinite(total) and logits.shape == (8, 2)
+    step = method.update(model, Batch(x, targets, is_corrected, torch.zeros_like(x, dtype=torch.bool)), primal)
+    assert torch.isfinite(step.losses["total"]) and step.logits.shape == (8, 2)
     assert norms and norms[0] == pytest.approx(0.01, rel=1e-4)  # unclipped, it is in the thousands
+    assert method.multiplier.weight.item() > 5.0  # the dual step came first: the constraint is violated
 
 
 def test_lagrangian_value_and_bad_settings():
-    loss = LagrangianLoss(eps=0.5, multiplier_init=2.0)
+    method = Lagrangian(eps=0.5, multiplier_init=2.0)
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]])
-    targets = torch.tensor([0, 0, 1])
-    is_corrected = torch.tensor([False, False, True])
-    total, conf, corr = loss(logits, targets, is_corrected)
-    assert total.item() == pytest.approx(conf.item() + 2.0 * (corr.item() - 0.5), abs=1e-6)
+    x = torch.zeros(3, 1, 2, 2)
+    batch = Batch(x, torch.tensor([0, 0, 1]), torch.tensor([False, False, True]), torch.zeros_like(x, dtype=torch.bool))
+    _, total, losses = method.objective(lambda _: logits, batch)
+    conf, corr = losses["confounded"].item(), losses["corrected"].item()
+    assert total.item() == pytest.approx(conf + 2.0 * (corr - 0.5), abs=1e-6)
+    assert losses["Lagrangian/violation"].item() == pytest.approx(corr - 0.5)
+    assert method.hparams() == {"eps": 0.5, "dual_lr": 0.05}
+    assert method.state_metrics() == {"Lagrangian/multiplier": 2.0, "Lagrangian/epsilon": 0.5}
     for kwargs, key in (
         ({"eps": -1}, "eps"),
         ({"dual_lr": 0}, "dual_lr"),
         ({"multiplier_init": -1}, "multiplier_init"),
     ):
         with pytest.raises(SettingError) as err:
-            LagrangianLoss(**kwargs)
+            Lagrangian(**kwargs)
         assert err.value.key == key
 
 
@@ -123,11 +144,11 @@ def test_rrr_penalty_equals_the_closed_form_for_a_linear_model():
     penalty.backward()
     assert model[1].weight.grad.abs().sum() > 0
 
-    targets = torch.tensor([0, 1, 2, 0, 1])
-    is_corrected = torch.tensor([False, False, False, True, True])
-    logits, (total, conf, corr) = RRRLoss(lam=7.0, base_lam=2.0).batch_loss(model, x, targets, is_corrected, mask)
-    base_total = BaselineBalancedLoss(2.0)(logits, targets, is_corrected)[0]
+    batch = Batch(x, torch.tensor([0, 1, 2, 0, 1]), torch.tensor([False, False, False, True, True]), mask)
+    logits, total, losses = RRR(lam=7.0, base_lam=2.0).objective(model, batch)
+    base_total = Balanced(2.0).objective(lambda _: logits, batch)[1]
     assert total.item() == pytest.approx(base_total.item() + 7.0 * expected.item(), rel=1e-5)
+    assert losses["RRR/penalty"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_rrr_penalty_is_zero_for_an_empty_mask():
@@ -136,10 +157,10 @@ def test_rrr_penalty_is_zero_for_an_empty_mask():
     empty = torch.zeros(4, 1, 2, 2, dtype=torch.bool)
     is_corrected = torch.tensor([False, False, True, True])
     assert input_gradient_penalty(model, x, empty)[1].item() == 0
-    loss = RRRLoss(lam=100.0, base="imbalanced")
-    logits, (total, _, _) = loss.batch_loss(model, x, targets, is_corrected, empty)
+    method = RRR(lam=100.0, base="imbalanced")
+    logits, total, losses = method.objective(model, Batch(x, targets, is_corrected, empty))
     assert total.item() == pytest.approx(nn.functional.cross_entropy(logits, targets).item())
-    assert loss.epoch_metrics() == {"RRR/penalty": 0.0} and loss.hparams()["base"] == "imbalanced"
+    assert losses["RRR/penalty"].item() == 0.0 and method.hparams() == {"lam": 100.0, "base": "imbalanced"}
 
 
 def test_pool_masks_are_the_only_masks_training_sees(data):

@@ -27,15 +27,15 @@ def test_the_installed_wheel_runs_the_default_config_from_any_folder(tmp_path):
     [wheel] = wheels.glob("xilsweep-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
     result = subprocess.run(
-        [sys.executable, "-m", "xilsweep.run", "--cfg", "job", "loss=rrr"],
+        [sys.executable, "-m", "xilsweep.run", "--cfg", "job", "--resolve", "loss=rrr"],
         cwd=elsewhere,
         env={**os.environ, "PYTHONPATH": str(target)},
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "_target_: xilsweep.losses.rrr.RRRLoss" in result.stdout
-    assert "lam: 10.0" in result.stdout and "size: 100" in result.stdout
+    assert "_target_: xilsweep.losses.rrr.RRR" in result.stdout
+    assert "lam: 100.0" in result.stdout and "size: 100" in result.stdout  # RRR's weight tuned for 08MNIST
     where = subprocess.run(
         [sys.executable, "-c", "import xilsweep; print(xilsweep.__file__)"],
         cwd=elsewhere,

@@ -1,14 +1,16 @@
-"""Reproducibility, finished jobs left alone, and safe cache files."""
+"""Reproducibility, finished jobs left alone, damaged records named, and safe cache files."""
 
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY, comparable, job_metrics, run_job_dir, run_sweep, run_xilsweep
+from helpers import TINY, comparable, job_config, job_metrics, run_job_dir, run_sweep, run_xilsweep
 from xilsweep.data import ConfoundedMNIST08
 from xilsweep.errors import DataError
 from xilsweep.files import read_checked
+from xilsweep.resume import finished_record
 
 
 def test_same_config_and_seed_give_identical_metrics(data_root, tmp_path):
@@ -23,13 +25,48 @@ def test_same_config_and_seed_give_identical_metrics(data_root, tmp_path):
     assert comparable(c)["history"] != comparable(a)["history"]
 
 
-def test_a_finished_job_is_not_rerun_by_accident(data_root, tmp_path):
-    out = tmp_path / "job"
-    first = run_job_dir(data_root, out)
+@pytest.fixture(scope="module")
+def finished_job(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "job"
+    return out, run_job_dir(data_root, out)
+
+
+def test_a_finished_job_is_not_rerun_by_accident_nor_returned_for_other_settings(finished_job, data_root, tmp_path):
+    out, first = finished_job
+    overrides = (out / ".hydra" / "overrides.yaml").read_text()
     again = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}"], tmp_path)
     assert again.returncode == 2 and "already holds a finished job" in again.stdout + again.stderr
-    resumed = run_job_dir(data_root, out, "trainer.resume=true")
+    resume = [*TINY, f"data.root={data_root}", f"hydra.run.dir={out}", "trainer.resume=true"]
+    other = run_xilsweep([*resume, "trainer.max_epochs=3"], tmp_path)
+    output = other.stdout + other.stderr
+    assert other.returncode == 2 and "Traceback" not in output
+    assert f"{out} holds a job with other settings (trainer.max_epochs: 2 there, 3 now)" in output
+    assert (out / ".hydra" / "overrides.yaml").read_text() == overrides  # not the refused call's
+    # how a job runs is not a setting of its result: the same job is returned
+    resumed = run_job_dir(data_root, out, "trainer.resume=true", "trainer.num_threads=2", "save_model=false")
     assert resumed == first  # untouched
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda text: text[: len(text) // 2], "JSONDecodeError"),
+        (lambda text: "[]", "no status of running, done, failed"),
+        (lambda text: text.replace('"best_val_accuracy"', '"renamed"'), "without best_val_accuracy"),
+    ],
+    ids=["truncated", "not_a_record", "no_result"],
+)
+def test_a_damaged_record_is_one_line_naming_it(damage, problem, finished_job, data_root, tmp_path):
+    out = tmp_path / "job"
+    shutil.copytree(finished_job[0], out)
+    record = out / "metrics.json"
+    record.write_text(damage(record.read_text()))
+    cfg = job_config([*TINY, "trainer.resume=true"], data_root)
+    with pytest.raises(DataError) as refused:
+        finished_record(cfg, out)
+    message = str(refused.value)
+    assert message.startswith(f"{record} is damaged") and problem in message and "\n" not in message
+    assert f"remove the job folder {out}" in message
 
 
 def build_data(root):

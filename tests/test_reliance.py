@@ -13,9 +13,10 @@ from torch import nn
 
 from helpers import TINY
 from xilsweep.data import Confounder, load_mnist
+from xilsweep.metrics import shortcut_removed
 from xilsweep.models import ConvNet
 from xilsweep.pretrain import Pretraining
-from xilsweep.reasons import InputGradients, align_to_input, receptive_field, shortcut_removed
+from xilsweep.reasons import InputGradients, align_to_input, receptive_field
 from xilsweep.training import Trainer
 
 

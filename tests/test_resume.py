@@ -1,12 +1,16 @@
 """Resumable jobs: a job killed at an epoch boundary or mid-epoch, and an Optuna
-sweeper killed mid-study, continue to the result an uninterrupted run gives."""
+sweeper killed mid-study, continue to the result an uninterrupted run gives; a
+killed job resumed with other settings is refused, run again without resume it
+starts over."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
 
 import pytest
+from omegaconf import OmegaConf
 
 from helpers import TINY, comparable, events, run_job_dir, run_xilsweep, start_xilsweep
 from xilsweep.files import read_checked
@@ -63,6 +67,67 @@ def test_killed_job_resumes_to_the_same_result(delay, data_root, tmp_path, unint
     assert not (out / "checkpoint.pth").exists()
     steps = [e.step for e in events(out).Scalars("Loss/train_epoch")]
     assert steps == list(range(1, resumed["epochs_run"] + 1))  # no duplicated epochs after the resume
+
+
+# tiny, with epochs enough to be killed during the fit
+KILLABLE = [*TINY, "trainer.max_epochs=8", "trainer.patience=10"]
+
+
+@pytest.fixture(scope="module")
+def killed_job(data_root, tmp_path_factory):
+    """A tiny job killed after its first epoch: a running record, a checkpoint, TensorBoard events."""
+    out = tmp_path_factory.mktemp("killed") / "job"
+    proc = start_xilsweep([*KILLABLE, f"data.root={data_root}", f"hydra.run.dir={out}"], out.parent, subprocess.DEVNULL)
+    wait_for_checkpoint_epoch(out / "checkpoint.pth", 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return out
+
+
+@pytest.fixture
+def killed(killed_job, tmp_path):
+    out = tmp_path / "job"
+    shutil.copytree(killed_job, out)
+    return out
+
+
+def job_files(out) -> dict:
+    """The job's own files and their bytes (run.log, which logs every call, and .hydra/ left out)."""
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "run.log"}
+
+
+@pytest.mark.parametrize(
+    "change, difference, saved",
+    [
+        ("loss.lam=1000", "loss.lam: 1.0 there, 1000.0 now", ("loss.lam", 1.0)),
+        ("model=lenet", "model.channels: [16, 32] there, [6, 16] now", ("model.channels", [16, 32])),
+    ],
+    ids=["loss.lam", "model"],
+)
+def test_resume_with_other_settings_is_one_line_and_changes_nothing(change, difference, saved, killed, data_root):
+    before, overrides = job_files(killed), (killed / ".hydra" / "overrides.yaml").read_text()
+    args = [*KILLABLE, f"data.root={data_root}", f"hydra.run.dir={killed}", "trainer.resume=true", change]
+    result = run_xilsweep(args, killed.parent)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output
+    [line] = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert f"{killed} holds a job with other settings ({difference}" in line
+    assert job_files(killed) == before  # checkpoint, record and events untouched
+    # .hydra/ says what the job ran with, not what the refused call asked for
+    assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides
+    key, value = saved
+    assert OmegaConf.select(OmegaConf.load(killed / ".hydra" / "config.yaml"), key) == value
+
+
+def test_a_killed_job_run_again_without_resume_starts_over_in_a_clean_run(killed, data_root):
+    assert list(killed.glob("events.out.tfevents.*")) and (killed / "checkpoint.pth").exists()
+    record = run_job_dir(data_root, killed, base=KILLABLE)
+    log = (killed / "run.log").read_text()
+    assert "starting over from epoch 0, its checkpoint and TensorBoard events removed" in log
+    assert record["status"] == "done" and not (killed / "checkpoint.pth").exists()
+    assert len(list(killed.glob("events.out.tfevents.*"))) == 1
+    steps = [e.step for e in events(killed).Scalars("Loss/train_epoch")]
+    assert steps == list(range(1, record["epochs_run"] + 1))
 
 
 def test_optuna_study_in_sqlite_resumes_after_the_sweeper_is_killed(data_root, tmp_path):

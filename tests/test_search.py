@@ -1,25 +1,37 @@
 """Reliance measured on validation data, early stopping on it, the two-objective
-Optuna search and its Pareto report, and the methods comparisons (issue #11)."""
+Optuna search and its Pareto report, its SQLite storage created by workers
+started together, and the methods comparisons (issue #11)."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import optuna
 import pandas as pd
 import pytest
 import torch
+from filelock import FileLock
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from helpers import CONF, TINY, compose_config, events, job_config, job_folders, job_metrics, run_sweep
+from helpers import CONF, REPO, TINY, compose_config, events, job_config, job_folders, job_metrics, run_sweep
 from hydra_plugins.xilsweep_sweeper.xilsweep_sweeper import grid_lines, planned_jobs
 from xilsweep.correction import dotted_validation
 from xilsweep.job import ConfigError, assemble, build
-from xilsweep.losses import BaselineBalancedLoss
+from xilsweep.losses.baseline import Balanced
 from xilsweep.models import ConvNet
-from xilsweep.report import fmt, non_dominated, reliance_markdown, summary_table, write_report
+from xilsweep.progress import read_plan
+from xilsweep.results.collect import counts_line, find_jobs
+from xilsweep.results.pareto import non_dominated
+from xilsweep.results.report import write_report
+from xilsweep.results.select import summary_table
+from xilsweep.results.tables import cell, reliance_markdown
 from xilsweep.run import run_job
 from xilsweep.sampling import MixedBatchSampler
-from xilsweep.training import STOP_SCORES, Trainer, fit_until_early_stopping
+from xilsweep.training import STOP_SCORES, FitData, Trainer
 
 FAST = ["trainer.max_epochs=1", "save_model=false", "explainer.n_images=16"]
 METHODS = {(loss, "zero") for loss in ("balanced", "imbalanced", "lagrangian", "rrr", "rrr_g", "rbr", "hint", "cdep")}
@@ -56,7 +68,7 @@ def test_validation_reliance_is_computed_every_epoch_without_the_test_set(data_r
     job.data.test = job.data.test_dotted = Untouchable()
     train = job.pool.with_known_masks(job.data.train)
     fit = job.trainer.fit(
-        job.model, train, job.pool.corrected, job.data.val, job.sampler, job.loss, validate=job.validation()
+        job.model, FitData(train, job.pool.corrected, job.data.val, job.sampler), job.loss, validate=job.validation()
     )
     assert len(fit.history) == job.trainer.max_epochs + 1  # epoch 0 (the confounded model) included
     for epoch in fit.history:
@@ -89,31 +101,20 @@ def test_settings_that_need_the_validation_reliance_are_checked_before_any_work(
 # --- early stopping on the combined criterion -----------------------------------
 
 
-def scripted_fit(data, validate, score, checkpoint=None, resume=False, max_epochs=3):
+def scripted_fit(data, validate, stop_on, checkpoint=None, resume=False, max_epochs=3):
     torch.manual_seed(0)
     model = ConvNet(channels=[4, 8], pool=[True, True], hidden=[16])
     train = data.train.subset(torch.arange(300))
     pool = train.subset(torch.nonzero(train.labels == 1).flatten()[:8])
     sampler = MixedBatchSampler(len(train), batch_size=64, k=4, pool_size=len(pool), seed=0)
-    return fit_until_early_stopping(
-        model,
-        train,
-        pool,
-        data.val,
-        sampler,
-        BaselineBalancedLoss(1.0),
-        Trainer(device="cpu").make_optimizer(model.parameters()),
-        max_epochs=max_epochs,
-        patience=max_epochs,
-        validate=validate,
-        score=score,
-        checkpoint=checkpoint,
-        resume=resume,
+    trainer = Trainer(device="cpu", max_epochs=max_epochs, patience=max_epochs, stop_on=stop_on, resume=resume)
+    return trainer.fit(
+        model, FitData(train, pool, data.val, sampler), Balanced(1.0), validate=validate, checkpoint=checkpoint
     )
 
 
 def test_the_stopping_score_decides_which_epoch_is_kept(data):
-    clean = scripted_fit(data, None, STOP_SCORES["clean"])
+    clean = scripted_fit(data, None, "clean")
     clean_accuracy = [h["val_accuracy"] for h in clean.history]
     assert clean.best_epoch == max(range(4), key=lambda e: (clean_accuracy[e], -clean.history[e]["val_loss"]))
     chosen = min(range(4), key=lambda e: clean_accuracy[e])  # the worst clean epoch: best on dotted images
@@ -122,7 +123,7 @@ def test_the_stopping_score_decides_which_epoch_is_kept(data):
     def validate(model):
         return {"val_dotted_accuracy": next(dotted_by_epoch)}
 
-    dotted = scripted_fit(data, validate, STOP_SCORES["dotted"])
+    dotted = scripted_fit(data, validate, "dotted")
     assert [h["val_accuracy"] for h in dotted.history] == clean_accuracy  # the same training
     assert dotted.best_epoch == chosen != clean.best_epoch
     assert dotted.best_val_accuracy == clean_accuracy[chosen]  # still the clean accuracy of the kept epoch
@@ -134,10 +135,10 @@ def test_a_resumed_fit_keeps_the_best_epoch_of_the_stopping_score(data, tmp_path
     def validate(model):  # a figure of the weights, so it does not depend on how often it was called
         return {"val_dotted_accuracy": next(model.parameters()).detach().sum().item()}
 
-    uninterrupted = scripted_fit(data, validate, STOP_SCORES["dotted"])
+    uninterrupted = scripted_fit(data, validate, "dotted")
     checkpoint = tmp_path / "checkpoint.pth"
-    scripted_fit(data, validate, STOP_SCORES["dotted"], checkpoint=checkpoint, max_epochs=2)
-    resumed = scripted_fit(data, validate, STOP_SCORES["dotted"], checkpoint=checkpoint, resume=True)
+    scripted_fit(data, validate, "dotted", checkpoint=checkpoint, max_epochs=2)
+    resumed = scripted_fit(data, validate, "dotted", checkpoint=checkpoint, resume=True)
     assert resumed.best_epoch == uninterrupted.best_epoch
 
     def timeless(history):
@@ -164,6 +165,41 @@ def test_pareto_objective_returns_the_clean_accuracy_and_the_flip_rate(data_root
     assert run_job(cfg, out) == record["best_val_accuracy"]
 
 
+# A worker: imports, says it is ready, opens the study (creating the storage's tables if new).
+STORAGE_WORKER = """
+import sys
+import optuna
+from hydra_plugins.xilsweep_cluster.optuna_sweeper import open_storage
+print("ready", flush=True)
+storage = open_storage(sys.argv[1], heartbeat_interval=60, grace_period=None)
+optuna.create_study(study_name="race", storage=storage, load_if_exists=True)
+"""
+
+
+def test_workers_started_together_on_a_new_sqlite_file_create_its_tables_once(tmp_path):
+    """Optuna creates its tables on first use; workers started together on a new SQLite file raced
+    to create them ("table studies already exists"). They are created under the file's lock: while
+    it is held no worker touches the file; released, all start at once and open the one study."""
+    db = tmp_path / "study.db"
+    with FileLock(f"{db}.lock"):
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", STORAGE_WORKER, f"sqlite:///{db}"],
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        assert [worker.stdout.readline() for worker in workers] == ["ready\n"] * 2
+        time.sleep(1)
+        assert not db.exists()  # every worker waits for the lock
+    outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] == ["race"]
+
+
 def test_non_dominated_keeps_the_trade_offs_only():
     accuracy, flip_rate = [0.9, 0.8, 0.95, 0.8, 0.9], [0.5, 0.1, 0.9, 0.2, 0.5]
     assert non_dominated(accuracy, flip_rate) == [True, True, True, False, True]  # equal points dominate neither
@@ -181,6 +217,10 @@ def test_xil_pareto_search_resumes_its_sqlite_study_and_reports_the_front(data_r
     first = tmp_path / "first"
     result = run_sweep([*args, "hydra.sweeper.n_trials=2"], first, data_root)
     assert result.returncode == 0, result.stderr[-2000:]
+    plan = read_plan(first)  # the sweep's process and its size: n_trials, no job list
+    assert plan.trials == 2 and not plan.jobs and plan.sweep["host"] == socket.gethostname()
+    assert "[2/2 done" in result.stdout + result.stderr
+    assert counts_line(find_jobs(first), first) == "2 jobs: 2 done"
     result = run_sweep([*args, "hydra.sweeper.n_trials=1"], tmp_path / "second", data_root)
     assert result.returncode == 0, result.stderr[-2000:]
     study = optuna.load_study(study_name="xil_pareto", storage=storage)
@@ -279,7 +319,7 @@ def test_reliance_table_gives_each_model_its_own_reference_rows():
             job[f"{kind}.test_accuracy"] = job["test_accuracy"]
     table = pd.DataFrame(jobs)
     varied = ["model", "loss", "seed"]
-    lines = reliance_markdown(table, summary_table(table, varied), varied).splitlines()
+    lines = reliance_markdown(table, summary_table(table, varied), varied, ["model"]).splitlines()
     references = [line.split(" | ") for line in lines[2:6]]
     assert [(cells[0].strip("| "), cells[1]) for cells in references] == [
         ("mlp", "oracle (floor)"),
@@ -289,4 +329,4 @@ def test_reliance_table_gives_each_model_its_own_reference_rows():
     ]
     for cells in references:  # n = that model's two reference models, their mean its own
         model_jobs = table[table.model == cells[0].strip("| ")]
-        assert cells[2] == "2" and cells[3].startswith(fmt(model_jobs.test_accuracy.mean(), "test_accuracy"))
+        assert cells[2] == "2" and cells[3].startswith(cell(model_jobs.test_accuracy.mean(), "test_accuracy"))

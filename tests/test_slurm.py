@@ -16,7 +16,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import REPO, TINY, comparable, start_xilsweep
-from xilsweep.report import find_jobs
+from xilsweep.results.collect import find_jobs
 
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
 FAST = [*TINY, "save_model=false", "explainer.n_images=16", "hydra/launcher=slurm"]

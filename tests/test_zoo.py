@@ -12,18 +12,12 @@ from torch.func import functional_call, grad
 from helpers import TINY
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.errors import SettingError
-from xilsweep.losses import (
-    BaselineBalancedLoss,
-    CDEPLoss,
-    HINTLoss,
-    RBRLoss,
-    RRRGLoss,
-    cdep_penalty,
-    contextual_decomposition,
-    gradcam_penalty,
-    hint_penalty,
-    influence_penalty,
-)
+from xilsweep.losses import Batch
+from xilsweep.losses.baseline import Balanced
+from xilsweep.losses.cdep import CDEP, cdep_penalty, contextual_decomposition
+from xilsweep.losses.hint import HINT, hint_penalty
+from xilsweep.losses.rbr import RBR, influence_penalty
+from xilsweep.losses.rrr_g import RRRG, gradcam_penalty
 from xilsweep.models import MLP, ConvNet
 
 
@@ -75,18 +69,18 @@ def test_rrr_g_penalty_is_the_scaled_squared_gradcam_inside_the_pooled_mask():
     penalty.backward()  # the penalty trains the convolution
     assert model.conv.weight.grad.abs().sum() > 0
 
-    loss = RRRGLoss(lam=3.0)
-    logits, (total, _, _) = loss.batch_loss(model, x, targets, torch.tensor([False] * 3 + [True] * 2), mask)
-    base = BaselineBalancedLoss(1.0)(logits, targets, torch.tensor([False] * 3 + [True] * 2))[0]
+    method, mixed = RRRG(lam=3.0), Batch(x, targets, torch.tensor([False] * 3 + [True] * 2), mask)
+    logits, total, losses = method.objective(model, mixed)
+    base = Balanced(1.0).objective(lambda _: logits, mixed)[1]
     assert total.item() == pytest.approx(base.item() + 3.0 * penalty.item(), rel=1e-5)
-    assert set(loss.epoch_metrics()) == {"RRR-G/penalty"} and loss.hparams()["lambda"] == 3.0
+    assert losses["RRR-G/penalty"].item() == pytest.approx(penalty.item()) and method.hparams()["lam"] == 3.0
 
 
-@pytest.mark.parametrize("loss", [RRRGLoss(), HINTLoss()])
-def test_gradcam_losses_refuse_a_model_without_a_convolution(loss):
+@pytest.mark.parametrize("method", [RRRG(), HINT()])
+def test_gradcam_methods_refuse_a_model_without_a_convolution(method):
     x, targets, mask = batch(28, n=2)
     with pytest.raises(SettingError) as err:
-        loss.batch_loss(MLP(), x, targets, torch.tensor([False, True]), mask)
+        method.objective(MLP(), Batch(x, targets, torch.tensor([False, True]), mask))
     assert err.value.key == "model" and "convolution" in str(err.value)
 
 
@@ -103,13 +97,13 @@ def test_hint_penalty_is_the_mse_of_the_true_class_gradcam_and_the_ink_on_sample
     per_image = ((cam - low) / (high - low) - ink.float()).pow(2).mean(dim=(1, 2, 3))
     assert penalty.item() == pytest.approx(per_image[1:].sum().item() / 5, rel=1e-5)  # sample 0: no mask
 
-    loss = HINTLoss(lam=2.0, ink_threshold=0.6)
-    logits, (total, _, _) = loss.batch_loss(model, x, targets, torch.zeros(5, dtype=torch.bool), mask)
+    method = HINT(lam=2.0, ink_threshold=0.6)
+    logits, total, losses = method.objective(model, Batch(x, targets, torch.zeros(5, dtype=torch.bool), mask))
     assert total.item() == pytest.approx(F.cross_entropy(logits, targets).item() + 2.0 * penalty.item(), rel=1e-5)
-    assert set(loss.epoch_metrics()) == {"HINT/penalty"}
-    assert loss.hparams()["relevant_region"] == "ink" and loss.hparams()["ink_threshold"] == 0.6
+    assert set(losses) == {"total", "confounded", "corrected", "HINT/penalty"}
+    assert method.hparams()["relevant_region"] == "ink" and method.hparams()["ink_threshold"] == 0.6
     with pytest.raises(SettingError) as err:
-        HINTLoss(relevant_region="not_the_mask")
+        HINT(relevant_region="not_the_mask")
     assert err.value.key == "relevant_region"
 
 
@@ -145,9 +139,9 @@ def test_rbr_penalty_vanishes_for_a_linear_softmax_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 3))
     x, targets, mask = batch(3)
-    loss = RBRLoss(lam=10.0)
-    logits, (total, _, _) = loss.batch_loss(model, x, targets, torch.zeros(5, dtype=torch.bool), mask)
-    assert loss.epoch_metrics()["RBR/penalty"] == pytest.approx(0.0, abs=1e-12)
+    method = RBR(lam=10.0)
+    logits, total, losses = method.objective(model, Batch(x, targets, torch.zeros(5, dtype=torch.bool), mask))
+    assert losses["RBR/penalty"].item() == pytest.approx(0.0, abs=1e-12)
     assert total.item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-6)
 
 
@@ -200,22 +194,24 @@ def test_cdep_penalty_is_the_masked_share_of_a_linear_model_logits():
     logits, penalty = cdep_penalty(model, x, mask)
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(logits, model(x), atol=1e-5)
-    loss = CDEPLoss(lam=5.0)
-    loss.batch_loss(model, x, targets, torch.zeros(5, dtype=torch.bool), mask)
-    assert loss.epoch_metrics()["CDEP/penalty"] == pytest.approx(expected.item(), rel=1e-5)
+    method, unmixed = CDEP(lam=5.0), Batch(x, targets, torch.zeros(5, dtype=torch.bool), mask)
+    _, _, losses = method.objective(model, unmixed)
+    assert losses["CDEP/penalty"].item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(SettingError) as err:
-        loss.batch_loss(TinyConv(6, 3), x, targets, torch.zeros(5, dtype=torch.bool), mask)
+        method.objective(TinyConv(6, 3), unmixed)
     assert err.value.key == "model" and "layers()" in str(err.value)
 
 
-@pytest.mark.parametrize("loss_type", [RRRGLoss, RBRLoss, HINTLoss, CDEPLoss])
-def test_zoo_losses_round_trip_their_state_and_check_base(loss_type):
-    loss = loss_type(lam=2.0, base="imbalanced")
-    loss_type().load_state_dict(loss.state_dict())
-    assert loss.hparams()["base"] == "imbalanced"
-    with pytest.raises(SettingError) as err:
-        loss_type(base="weighted")
-    assert err.value.key == "base"
+@pytest.mark.parametrize("method_type", [RRRG, RBR, HINT, CDEP])
+def test_zoo_methods_round_trip_their_state_and_check_base(method_type):
+    method = method_type(lam=2.0, base="imbalanced")
+    method_type().load_state_dict(method.state_dict())
+    assert (method.hparams()["lam"], method.hparams()["base"]) == (2.0, "imbalanced")
+    assert "base_lam" not in method.hparams() and method_type(base_lam=3.0).hparams()["base_lam"] == 3.0
+    for key, value in (("base", "weighted"), ("base_lam", -1.0)):
+        with pytest.raises(SettingError) as err:
+            method_type(**{key: value})
+        assert err.value.key == key
 
 
 # --- confounder transplant --------------------------------------------------

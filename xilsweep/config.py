@@ -3,7 +3,9 @@ once from the constructor of the object the group builds, and registered in
 Hydra's ConfigStore as ``<group>/<Class>``. The YAML options in ``conf/``
 choose a schema in their defaults list and set only what differs from it, so
 ``--cfg job`` shows the code's defaults and a value of the wrong type is
-refused when the config is composed."""
+refused when the config is composed. A loss setting tuned per data set and
+model (``xilsweep/losses/tuned.py``) defaults to ``${xil_tuned:<key>}``, which
+reads the data and model of the config it is in."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import typing
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
+import xilsweep.decoy  # noqa: F401 (defines, and so registers, Decoy-MNIST)
 from xilsweep.correction import CorrectedPool
-from xilsweep.data import ConfoundedMNIST08
-from xilsweep.decoy import DecoyMNIST
-from xilsweep.losses import LOSSES
+from xilsweep.data import DATASETS
+from xilsweep.losses import METHODS
+from xilsweep.losses.tuned import tuned_keys, tuned_settings
 from xilsweep.models import MLP, ConvNet
 from xilsweep.pretrain import Pretraining
 from xilsweep.reasons import GradCAM, InputGradients
@@ -25,10 +29,12 @@ from xilsweep.sampling import MixedBatchSampler
 from xilsweep.training import Trainer
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # the top-level conf/, shipped inside the package
+# group -> the classes a config may name; data sets and methods register themselves, and these
+# are live views of their registries.
 GROUPS = {
-    "data": (ConfoundedMNIST08, DecoyMNIST),
+    "data": DATASETS.values(),
     "model": (ConvNet, MLP),
-    "loss": LOSSES,
+    "loss": METHODS.values(),
     "pool": (CorrectedPool,),
     "sampler": (MixedBatchSampler,),
     "trainer": (Trainer,),
@@ -54,14 +60,18 @@ def defaults(target: type) -> dict:
     }
 
 
-def schema(target: type) -> type:
-    """A dataclass with ``_target_`` and one typed field per constructor setting of ``target``."""
+def schema(target: type, interpolated: dict[str, str] | None = None) -> type:
+    """A dataclass with ``_target_`` and one typed field per constructor setting of
+    ``target``, defaulting to the constructor's default or to its ``interpolated`` one."""
+    interpolated = interpolated or {}
     hints = typing.get_type_hints(target if dataclasses.is_dataclass(target) else target.__init__)
-    fields = [("_target_", str, dataclasses.field(default=f"{target.__module__}.{target.__qualname__}"))]
+    fields = [("_target_", str, dataclasses.field(default=target_path(target)))]
     for name, default in defaults(target).items():
         if name in SUPPLIED:
             continue
-        if isinstance(default, (list, tuple)) or dataclasses.is_dataclass(default):
+        if name in interpolated:
+            field = dataclasses.field(default=interpolated[name])
+        elif isinstance(default, (list, tuple)) or dataclasses.is_dataclass(default):
             value = list(default) if isinstance(default, (list, tuple)) else default
             field = dataclasses.field(default_factory=lambda value=value: value)
         else:
@@ -70,11 +80,33 @@ def schema(target: type) -> type:
     return dataclasses.make_dataclass(target.__name__, fields)
 
 
+def target_path(target: type) -> str:
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def registered_class(group: str, path: str | None) -> type | None:
+    """The class of ``group`` that a config names by ``path`` (its ``_target_``), if it is registered."""
+    return next((target for target in GROUPS[group] if target_path(target) == path), None)
+
+
+def tuned_setting(key: str, _parent_: DictConfig, _root_: DictConfig):
+    """``${xil_tuned:key}`` in a loss node: the loss setting ``key`` tuned for the
+    config's data set and model class, else the loss class's own default."""
+    method = registered_class("loss", _parent_._target_)
+    data, model = (
+        registered_class(group, OmegaConf.select(_root_, f"{group}._target_")) for group in ("data", "model")
+    )
+    tuned = tuned_settings(data.name, model.__name__, method.name) if data and model and method else {}
+    return tuned.get(key, defaults(method)[key]) if method else None
+
+
 def register() -> None:
+    OmegaConf.register_resolver("xil_tuned", tuned_setting, replace=True)
     store = ConfigStore.instance()
     for group, targets in GROUPS.items():
         for target in targets:
-            store.store(group=group, name=target.__name__, node=schema(target))
+            tuned = {key: f"${{xil_tuned:{key}}}" for key in tuned_keys(target.name)} if group == "loss" else {}
+            store.store(group=group, name=target.__name__, node=schema(target, tuned), replace=True)
 
 
 register()

@@ -228,6 +228,17 @@ def _extract(raw_dir: Path, name: str) -> Path:
     return target
 
 
+def read_idx(read, path: Path) -> torch.Tensor:
+    """An extracted MNIST file read by torchvision's ``read``; DataError naming it when it is not MNIST data."""
+    try:
+        return read(str(path))
+    except Exception as e:  # torchvision asserts on the IDX header, often without a message
+        reason = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__} on the IDX header"
+        raise DataError(
+            f"{path} is not an MNIST IDX file ({reason}); delete it and put the original {path.name}.gz beside it"
+        ) from e
+
+
 def load_mnist(root: Path, train: bool, download: bool = False):
     """Raw MNIST as (uint8 images [N, 28, 28], int64 labels [N])."""
     from torchvision.datasets import MNIST
@@ -244,10 +255,7 @@ def load_mnist(root: Path, train: bool, download: bool = False):
                 f"data=mnist08 (the bundled subset), or put the four MNIST .gz files into {raw_dir}"
             ) from e
     image_file, label_file = (_extract(raw_dir, name) for name in MNIST_FILES[train])
-    try:
-        images, labels = read_image_file(str(image_file)), read_label_file(str(label_file))
-    except Exception as e:
-        raise DataError(f"corrupt MNIST file in {raw_dir}: {e}; delete the extracted files to re-extract") from e
+    images, labels = read_idx(read_image_file, image_file), read_idx(read_label_file, label_file)
     if len(images) != len(labels):
         raise DataError(f"MNIST files in {raw_dir} disagree: {len(images)} images, {len(labels)} labels")
     return images, labels
@@ -257,6 +265,10 @@ def _digits_0_and_8(images: torch.Tensor, labels: torch.Tensor):
     keep = (labels == DIGITS[0]) | (labels == DIGITS[1])
     x = images[keep].float().div(255).unsqueeze(1)
     return x, (labels[keep] == DIGITS[1]).long()
+
+
+# data set name -> class, filled as data set classes are defined (config group ``data``)
+DATASETS: dict[str, type] = {}
 
 
 @dataclass
@@ -281,6 +293,14 @@ class CachedMNISTData:
     num_classes = 2
     train_file, test_file = "train.pth", "test.pth"
     confounded_class = None  # the class the confounder points to; None: spread over all classes
+
+    def __init_subclass__(cls, **kwargs):
+        """A data set that names itself (``name``, as in the tuned settings) is a config option."""
+        super().__init_subclass__(**kwargs)
+        if "name" in vars(cls):
+            if cls.name in DATASETS:
+                raise TypeError(f"two data sets named {cls.name!r}")
+            DATASETS[cls.name] = cls
 
     def __post_init__(self):
         require_choice("source", self.source, SOURCES)
@@ -369,6 +389,7 @@ class ConfoundedMNIST08(CachedMNISTData):
 
     confounder: Confounder = field(default_factory=Confounder)
 
+    name = "mnist08"  # the data set in the tuned settings (xilsweep/losses/tuned.py)
     folder = "08MNIST"
     num_classes = len(DIGITS)
     train_file, test_file = "confounded_v1/train.pth", "original/test.pth"

@@ -50,6 +50,7 @@ class DecoyMNIST(CachedMNISTData):
 
     patch_size: int = 4
 
+    name = "decoy_mnist"  # the data set in the tuned settings (xilsweep/losses/tuned.py)
     folder = "DecoyMNIST"
     num_classes = NUM_CLASSES
     # Every training image carries a decoy, so the user may correct any class.

@@ -3,11 +3,13 @@
 Every cached ``.pth`` holds ``{"meta", "payload", "digest"}``: ``meta`` names
 the settings that produced it, ``digest`` is a SHA-256 over the payload's
 tensors and values, so truncation (load fails) and bit rot (digest differs)
-are both caught. The file stays a plain ``torch.load``-able dict.
+are both caught. The file stays a plain ``torch.load``-able dict. JSON caches
+(the references' reliance figures) hold the same three keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -46,12 +48,28 @@ def digest(obj) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Files are readable as the user's umask allows (a lab's shared project folder), not the 0600 of
+# the temporary files they start as.
+FILE_MODE = 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    """Write to a temporary file beside ``path``, fsync, then rename over it; DataError
+    (naming the file) when the folder cannot be written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise DataError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -111,10 +129,42 @@ def checked_torch_load(path: Path, expect_meta):
     return payload
 
 
-def build_lock(path: Path) -> FileLock:
+def atomic_write_checked_json(payload, path: Path, meta) -> None:
+    """A JSON cache file in the layout of the ``.pth`` ones: ``meta``, ``payload``, ``digest``."""
+    atomic_write_json({"meta": meta, "payload": payload, "digest": digest(payload)}, path)
+
+
+def checked_json_load(path: Path, expect_meta):
+    """Payload of a JSON cache file written by ``atomic_write_checked_json``, or None when it
+    is missing, stale or damaged (reported, as for ``checked_torch_load``, and rebuilt)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        blob = json.loads(path.read_text())
+        if not isinstance(blob, dict) or set(blob) != {"meta", "payload", "digest"}:
+            raise ValueError("not a xilsweep file (expected meta, payload and digest)")
+        if digest(blob["payload"]) != blob["digest"]:
+            raise ValueError("its content does not match its checksum")
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        log.warning("%s is damaged (%s); rebuilding it", path, e)
+        return None
+    if blob["meta"] != expect_meta:
+        log.warning("%s was made with other settings; rebuilding it", path)
+        return None
+    return blob["payload"]
+
+
+def build_lock(path: Path) -> FileLock | contextlib.nullcontext:
     """An exclusive lock beside ``path``, held (``with build_lock(path):``) while
     building it, so parallel jobs wanting the same cached file build it once and
-    the others wait, then read it."""
+    the others wait, then read it. In a folder this user cannot write (a shared,
+    read-only data root) nobody here can build, so a complete cache is read without one."""
     lock_file = Path(path).with_name(Path(path).name + ".lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(lock_file)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write {lock_file.parent}: {e.strerror or e}") from e
+    if not os.access(lock_file.parent, os.W_OK):
+        return contextlib.nullcontext()
+    return FileLock(lock_file, mode=FILE_MODE)

@@ -15,6 +15,7 @@ import random
 import socket
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,44 +27,98 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import xilsweep
-import xilsweep.config  # noqa: F401 (registers the config schemas Hydra composes from)
+from xilsweep.config import (  # importing it registers the config schemas
+    GROUPS,
+    SUPPLIED,
+    defaults,
+    registered_class,
+    target_path,
+)
 from xilsweep.correction import UserCorrectedDataset, dotted_validation
 from xilsweep.data import Split, XILData
 from xilsweep.errors import NonFiniteLossError, SettingError
-from xilsweep.files import atomic_write_json, digest, read_checked, save_state_dict
-from xilsweep.losses import XILLoss
-from xilsweep.reasons import REASON_TAGS, Explainer, shortcut_removed_all, validation_reliance
+from xilsweep.files import read_checked, save_state_dict
+from xilsweep.losses import Method
+from xilsweep.metrics import REFERENCE_KINDS, RELIANCE, reliance_key, shortcut_removed_all
+from xilsweep.pretrain import cached_figures
+from xilsweep.reasons import Explainer, training_images, validation_reliance, view_images
 from xilsweep.sampling import MixedBatchSampler
-from xilsweep.tracking import EpochRecorder, RunRecorder, write_metrics
-from xilsweep.training import Trainer, scores
+from xilsweep.tracking import METRICS_FILE, EpochRecorder, RunRecorder, write_metrics
+from xilsweep.training import FitData, FitResult, Trainer, scores
 
 log = logging.getLogger("xilsweep")
 CHECKPOINT_FILE = "checkpoint.pth"
-REFERENCES = ("confounded", "oracle")
 # objective -> what a job returns to the sweeper: the best epoch's clean validation accuracy
 # (maximise), or it and the validation dot flip rate (maximise, minimise) for a Pareto search
 OBJECTIVES = ("clean", "pareto")
+# hparams entry name -> the config key that sets it (a loss's own settings: ``loss.<name>``)
+HPARAM_KEYS = {
+    "lr": "trainer.lr",
+    "loss": "loss",
+    "pool_size": "pool.size",
+    "seed": "seed",
+    "pretrain_seed": "pretrain.seed",
+    "correction": "pool.correction",
+    "k": "sampler.k",
+    "batch_size": "sampler.batch_size",
+    "optimizer": "trainer.optimizer",
+    "stop_on": "trainer.stop_on",
+    "n_train": "data.n_train",
+    "data": "data",
+}
 
 
 class ConfigError(Exception):
     """A user-caused problem found before any work; printed as one line per problem."""
 
 
+def registered_target(group: str, node: dict) -> type:
+    """The class a group's node names, which must be one registered for the group
+    (``xilsweep.config.GROUPS``): a config names classes, it cannot call any function."""
+    target = registered_class(group, node.get("_target_"))
+    if target is None:
+        allowed = ", ".join(target_path(t) for t in GROUPS[group])
+        raise ConfigError(f"{group}._target_={node.get('_target_')!r} is not allowed: one of {allowed}")
+    return target
+
+
 def build(cfg: DictConfig, group: str, **supplied):
-    """Instantiate a config group, reporting bad values under the group's name."""
+    """Instantiate a config group, reporting bad values and unknown keys under the group's name."""
+    # Resolved first: instantiating the node itself would copy the whole config for its interpolations.
+    node = OmegaConf.to_container(cfg[group], resolve=True)
+    target = registered_target(group, node)
+    settings = defaults(target)
+    unknown = [key for key in node if key != "_target_" and key not in settings]
+    if unknown:
+        allowed = ", ".join(key for key in settings if key not in SUPPLIED)
+        raise ConfigError(
+            f"{group}.{unknown[0]}={node[unknown[0]]!r} is not allowed: not a setting of {target.__name__} "
+            f"(its settings: {allowed})"
+        )
     try:
-        # Resolved first: instantiating the node itself would copy the whole config for its interpolations.
-        node = OmegaConf.to_container(cfg[group], resolve=True)
-        # Only xilsweep's own classes may be instantiated from a config.
-        return instantiate(node, _convert_="all", _execution_whitelist_="xilsweep.*", **supplied)
+        return instantiate(node, _convert_="all", _execution_whitelist_=target_path(target), **supplied)
     except SettingError as e:
         raise ConfigError(str(e.in_group(group))) from None
     except hydra.errors.InstantiationException as e:
         if isinstance(e.__cause__, SettingError):
             raise ConfigError(str(e.__cause__.in_group(group))) from None
-        if isinstance(e.__cause__, TypeError):
-            raise ConfigError(f"{group}: {e.__cause__}") from None
         raise
+
+
+# Top-level settings besides the config groups; an experiment's own keys are those its
+# interpolations read (``best_lr`` in ``trainer.lr: ${best_lr}``).
+TOP_LEVEL = ("seed", "save_model", "objective", "run_name")
+
+
+def unknown_top_level(cfg: DictConfig) -> list[str]:
+    """Problems of top-level keys that are neither a group, a setting, nor read by an interpolation."""
+    unresolved = json.dumps(OmegaConf.to_container(cfg, resolve=False))
+    return [
+        f"{key}={cfg[key]!r} is not allowed: not a setting (top-level settings: {', '.join(TOP_LEVEL)}; "
+        f"groups: {', '.join(GROUPS)})"
+        for key in cfg
+        if key not in GROUPS and key not in TOP_LEVEL and "${" + key not in unresolved
+    ]
 
 
 def seed_everything(seed: int) -> None:
@@ -91,7 +146,7 @@ class Job:
     oracle: dict
     pool: UserCorrectedDataset
     sampler: MixedBatchSampler
-    loss: XILLoss
+    loss: Method
     trainer: Trainer
     explainer: Explainer
     config: dict  # the resolved config, kept in metrics.json
@@ -120,30 +175,34 @@ class Job:
             "data": self.data.key,
         }
 
+    def varied_hparams(self, varied: Sequence[str]) -> list[str]:
+        """The hparams entry's settings that the config keys in ``varied`` decide: a key itself, or
+        the loss's choice, which decides the loss and its weight (the first of its settings: ``lam``,
+        the Lagrangian's ``eps``; TensorBoard shows five settings, so not a penalty's constant ``base``)."""
+        own = list(self.loss.hparams())
+        keys = {**HPARAM_KEYS, **{name: f"loss.{name}" for name in own}}
+        weight = own[0] if own and "loss" in varied else None
+        return [name for name, key in keys.items() if key in varied or name == weight]
+
+    def monitored_subset(self) -> str:
+        """The test images the per-epoch reliance figures are measured on, in words."""
+        n, total = self.explainer.monitor_images, len(self.data.test)
+        return "whole test set" if n is None or n >= total else f"test subset of {n}"
+
     def reasons(
         self, model: torch.nn.Module, attributions: bool = True, monitor: bool = False, clean_pred=None
     ) -> dict:
         return self.explainer.reasons(model, self.data, self.confounded_class, attributions, monitor, clean_pred)
 
     def reference_reasons(self, model: torch.nn.Module, reference: dict) -> tuple[dict, dict]:
-        """A reference model's reasons under this job's explainer, on the whole
-        test set and on the monitored subset, cached beside the cached model:
-        every job of a sweep needs them. A user's own checkpoint is not written beside."""
-
-        def compute() -> dict:
-            return {"full": self.reasons(model), "monitored": self.reasons(model, monitor=True)}
-
-        if "checkpoint" in reference["settings"]:
-            both = compute()
-        else:
-            settings = {k: v for k, v in self.config["explainer"].items() if k != "attribution_every"}
-            name = f"reasons_{digest(json.dumps(settings, sort_keys=True))[:10]}.json"
-            path = Path(reference["path"]).with_name(name)
-            if path.exists():
-                both = json.loads(path.read_text())
-            else:
-                both = compute()
-                atomic_write_json(both, path)
+        """A reference model's figures under this job's explainer, on the whole test set and
+        on the monitored subset, cached beside the cached model (``pretrain.cached_figures``)."""
+        explainer = {k: v for k, v in self.config["explainer"].items() if k != "attribution_every"}
+        both = cached_figures(
+            reference,
+            {"explainer": explainer, "figures": reliance_key()},
+            lambda: {"full": self.reasons(model), "monitored": self.reasons(model, monitor=True)},
+        )
         return both["full"], both["monitored"]
 
     def validation(self):
@@ -160,18 +219,9 @@ class Job:
             confounded_class=self.confounded_class,
         )
 
-    def run(self, out_dir: Path, overrides: list[str] | None = None) -> dict:
-        """Fine-tune, record every epoch, evaluate; returns the ``metrics.json`` record.
-
-        The record says ``running`` (with pid and host, so a killed job can be
-        told apart) until it is replaced by ``done`` or ``failed``.
-        """
-        began = time.perf_counter()
-        checkpoint = out_dir / CHECKPOINT_FILE
-        resuming = self.trainer.resume and checkpoint.exists()
-        # On resume, TensorBoard drops the killed run's events from the first epoch redone on.
-        recorder = RunRecorder(out_dir, purge_step=read_checked(checkpoint)[1]["epoch"] + 1 if resuming else None)
-        record = {
+    def start_record(self, out_dir: Path, overrides: list[str] | None) -> dict:
+        """The record of a job under way: ``running``, with pid and host, so a killed job can be told apart."""
+        return {
             "status": "running",
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -184,98 +234,180 @@ class Job:
             "data_key": self.data.key,
             "data_hash": self.data.content_hash,
         }
+
+    def record_references(self, record: dict) -> dict[str, dict]:
+        """Both references' figures on the whole test set into ``record``; returns them on the monitored subset."""
+        monitored = {}
+        for kind, model, reference in (
+            ("confounded", self.model, self.confounded),  # before the fit, self.model is the confounded model
+            ("oracle", self.oracle_model, self.oracle),
+        ):
+            full, monitored[kind] = self.reference_reasons(model, reference)
+            record[kind] = {**reference, **full}
+        return monitored
+
+    def epoch_recorder(self, recorder: RunRecorder, monitored: dict[str, dict]) -> EpochRecorder:
+        shown = view_images(self.data, self.pool.corrected, self.pool.original, self.confounded_class)
+        return EpochRecorder(
+            recorder,
+            measure=lambda attributions: self.reasons(self.model, attributions, monitor=True),
+            explain=lambda: self.explainer.views(self.model, shown),
+            references=monitored,
+            attribution_every=self.explainer.attribution_every,
+            max_epochs=self.trainer.max_epochs,
+            subset=self.monitored_subset(),
+        )
+
+    def fine_tune(self, on_epoch: EpochRecorder, checkpoint: Path) -> FitResult:
+        torch.manual_seed(self.seed)
+        train = self.pool.with_known_masks(self.data.train)  # mask-based losses see only the pool's masks
+        data = FitData(train=train, pool=self.pool.corrected, val=self.data.val, sampler=self.sampler)
+        return self.trainer.fit(
+            self.model, data, self.loss, on_epoch=on_epoch, checkpoint=checkpoint, validate=self.validation()
+        )
+
+    def results(self, fit: FitResult, record: dict, epochs: EpochRecorder) -> dict:
+        """The finished job's figures: the best epoch's validation figures, the test figures of the
+        restored best model, the share of the shortcut removed, timings, the history."""
+        test_logits = self.trainer.predict(self.model, self.data.test.x)
+        test = scores(test_logits, self.data.test.labels.to(test_logits.device))
+        final = self.reasons(self.model, clean_pred=test_logits.argmax(1))
+        best = fit.history[fit.best_epoch]
+        return {
+            "status": "done",
+            "best_epoch": fit.best_epoch,
+            "epochs_run": fit.epochs_run,
+            "best_val_accuracy": fit.best_val_accuracy,
+            **{f.val_key: best.get(f.val_key.removeprefix("best_")) for f in RELIANCE if f.val_key},
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            **final,
+            "shortcut_removed": shortcut_removed_all(record["confounded"], final, record["oracle"]),
+            "reasons_seconds_per_epoch": epochs.mean_reason_seconds(),
+            "seconds_per_epoch": float(np.mean([h["seconds"] for h in fit.history if "seconds" in h] or [np.nan])),
+            "history": fit.history,
+        }
+
+    def run(self, out_dir: Path, overrides: list[str] | None = None, varied: Sequence[str] = ()) -> dict:
+        """Fine-tune, record every epoch, evaluate; returns the ``metrics.json`` record.
+        ``varied``: the config keys the job's sweep varies, whose settings the hparams entry
+        marks as varied (TensorBoard lists them first).
+
+        The record says ``running`` until it is replaced by ``done`` or ``failed``.
+        """
+        clock = {"began": time.perf_counter()}
+        checkpoint = out_dir / CHECKPOINT_FILE
+        resumed = read_checked(checkpoint)[1]["epoch"] if self.trainer.resume and checkpoint.exists() else None
+        if resumed is None:
+            start_over(out_dir, checkpoint)
+        else:
+            log.info("resumed from epoch %d (%s)", resumed, checkpoint)
+        # On resume, TensorBoard drops the killed run's events from the first epoch redone on.
+        recorder = RunRecorder(out_dir, purge_step=None if resumed is None else resumed + 1)
+        record = self.start_record(out_dir, overrides)
         write_metrics(out_dir, record)
         try:
-            # Before fit, self.model is the confounded model (epoch 0), also when resuming.
-            started = time.perf_counter()
-            confounded, confounded_monitored = self.reference_reasons(self.model, self.confounded)
-            oracle, oracle_monitored = self.reference_reasons(self.oracle_model, self.oracle)
-            references_seconds = time.perf_counter() - started
-            record["confounded"], record["oracle"] = {**self.confounded, **confounded}, {**self.oracle, **oracle}
-            epochs = EpochRecorder(recorder, self, confounded_monitored, oracle_monitored, resuming)
-            torch.manual_seed(self.seed)
-            fit_began = time.perf_counter()
-            train = self.pool.with_known_masks(self.data.train)  # mask-based losses see only the pool's masks
-            fit = self.trainer.fit(
-                self.model,
-                train=train,
-                pool=self.pool.corrected,
-                val=self.data.val,
-                sampler=self.sampler,
-                loss_fn=self.loss,
-                on_epoch=epochs,
-                checkpoint=checkpoint,
-                validate=self.validation(),
-            )
-            fit_ended = time.perf_counter()
-            test_logits = self.trainer.predict(self.model, self.data.test.x)
-            test = scores(test_logits, self.data.test.labels.to(test_logits.device))
-            final = self.reasons(self.model, clean_pred=test_logits.argmax(1))  # of the best (restored) model
-            final_reasons_seconds = time.perf_counter() - fit_ended
-            record.update(
-                {
-                    "status": "done",
-                    "best_epoch": fit.best_epoch,
-                    "epochs_run": fit.epochs_run,
-                    "best_val_accuracy": fit.best_val_accuracy,
-                    "best_val_dotted_accuracy": fit.history[fit.best_epoch].get("val_dotted_accuracy"),
-                    "best_val_dot_flip_rate": fit.history[fit.best_epoch].get("val_dot_flip_rate"),
-                    "test_accuracy": test["accuracy"],
-                    "test_loss": test["loss"],
-                    **final,
-                    "shortcut_removed": shortcut_removed_all(record["confounded"], final, record["oracle"]),
-                    "reasons_seconds_per_epoch": epochs.mean_reason_seconds(),
-                    "seconds_per_epoch": float(
-                        np.mean([h["seconds"] for h in fit.history if "seconds" in h] or [np.nan])
-                    ),
-                    "history": fit.history,
-                }
-            )
-            recorder.hparams(record["settings"], final_metrics(record))
+            clock["references_began"] = time.perf_counter()
+            monitored = self.record_references(record)
+            clock["references_ended"] = time.perf_counter()
+            if resumed is None:
+                recorder.images(training_images(self.data.train, self.pool, self.confounded_class))
+            epochs = self.epoch_recorder(recorder, monitored)
+            clock["fit_began"] = time.perf_counter()
+            fit = self.fine_tune(epochs, checkpoint)
+            clock["fit_ended"] = time.perf_counter()
+            record.update(self.results(fit, record, epochs))
+            clock["final_reasons"] = time.perf_counter()
+            recorder.hparams(record["settings"], final_metrics(record), self.varied_hparams(varied))
             if self.save_model:
                 save_state_dict(self.model, out_dir / "model.pth")
-            record["seconds_by_stage"] = {  # where the job's time went
-                "assemble": self.assemble_seconds,
-                "start": fit_began - began,  # TensorBoard run, sample grids, the references' reasons
-                "fit": fit_ended - fit_began,  # the epochs, their evaluation and reason metrics included
-                "end": time.perf_counter() - fit_ended,  # test evaluation, final reasons, hparams, weights
-                "reasons": references_seconds + sum(epochs.reason_seconds) + final_reasons_seconds,
-            }
+            record["seconds_by_stage"] = self.stages(clock, epochs)
             checkpoint.unlink(missing_ok=True)  # the job is complete; model.pth holds the result
         except Exception as e:
             reason = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
             record.update({"status": "failed", "reason": reason, "traceback": traceback.format_exc()})
             raise
         finally:
-            record["seconds"] = time.perf_counter() - began
+            record["seconds"] = time.perf_counter() - clock["began"]
             recorder.close()
             write_metrics(out_dir, record)
         return record
 
+    def stages(self, clock: dict[str, float], epochs: EpochRecorder) -> dict:
+        """Where the job's time went, from the moments ``run`` noted."""
+        return {
+            "assemble": self.assemble_seconds,
+            "start": clock["fit_began"] - clock["began"],  # TensorBoard run, sample grids, the references' reasons
+            "fit": clock["fit_ended"] - clock["fit_began"],  # the epochs, their evaluation and reason metrics
+            "end": time.perf_counter() - clock["fit_ended"],  # test evaluation, final reasons, hparams, weights
+            "reasons": sum(
+                (
+                    clock["references_ended"] - clock["references_began"],
+                    *epochs.reason_seconds,
+                    clock["final_reasons"] - clock["fit_ended"],
+                )
+            ),
+        }
+
+
+def start_over(out_dir: Path, checkpoint: Path) -> None:
+    """Remove what an unfinished earlier run of the job in ``out_dir`` (its record says so) left
+    for this run to add to: its checkpoint, its TensorBoard events, so that this run's curves
+    start at epoch 0 alone."""
+    left = [path for path in (checkpoint, *sorted(out_dir.glob("events.out.tfevents.*"))) if path.exists()]
+    if not left or not (out_dir / METRICS_FILE).exists():
+        return
+    log.warning(
+        "%s holds an unfinished earlier run of this job: starting over from epoch 0, its %s removed%s",
+        out_dir,
+        "checkpoint and TensorBoard events" if checkpoint in left else "TensorBoard events",
+        " (trainer.resume=true continues a killed job instead)" if checkpoint in left else "",
+    )
+    for path in left:
+        path.unlink()
+
 
 def final_metrics(record: dict) -> dict:
-    """The hparams entry's metrics: the corrected model's, the share of the shortcut removed, the references'."""
+    """The hparams entry's metrics, in the order TensorBoard lists them (showing the first five):
+    the clean test accuracy, each reliance figure with its share of the shortcut removed, the
+    validation figures at the kept epoch, the references' (``Final/oracle_<figure>``,
+    ``Final/confounded_<figure>``: on the whole test set like the corrected model's, while the
+    per-epoch ``Oracle/*`` and ``Confounded/*`` lines are on the monitored test subset)."""
+    removed = record["shortcut_removed"]
     return {
-        "Final/best_val_accuracy": record["best_val_accuracy"],
-        "Final/best_val_dotted_accuracy": record["best_val_dotted_accuracy"],
-        "Final/best_val_dot_flip_rate": record["best_val_dot_flip_rate"],
         "Final/test_accuracy": record["test_accuracy"],
-        **{f"Final/{key}": record[key] for key in REASON_TAGS},
-        **{f"Final/shortcut_removed_{key}": value for key, value in record["shortcut_removed"].items()},
         **{
-            f"{kind.title()}/{key}": record[kind][key] for kind in REFERENCES for key in ("test_accuracy", *REASON_TAGS)
+            tag: value
+            for f in RELIANCE
+            for tag, value in ((f"Final/{f.key}", record[f.key]), (f"Final/shortcut_removed_{f.key}", removed[f.key]))
+        },
+        "Final/best_val_accuracy": record["best_val_accuracy"],
+        **{f"Final/{f.val_key}": record[f.val_key] for f in RELIANCE if f.val_key},
+        **{
+            f"Final/{kind}_{key}": record[kind][key]
+            for kind in REFERENCE_KINDS
+            for key in ("test_accuracy", *(f.key for f in RELIANCE))
         },
     }
 
 
-def assemble(cfg: DictConfig) -> Job:
-    """Validate every setting and build the job's objects, each once (no output written).
+@dataclass
+class Settings:
+    """The objects built from a config's groups, each checked on its own and against the model."""
 
-    Settings that need no data are checked first, and every problem found is
-    reported, one line each, before any data is generated or loaded; the pool
-    and the sampler, which depend on the data's sizes, are checked next.
-    """
-    began = time.perf_counter()
+    data: object  # the data set's settings (``load()`` makes the data)
+    model: torch.nn.Module
+    loss: Method
+    trainer: Trainer
+    explainer: Explainer
+    pretrain: object
+    pool: object  # the pool's settings (``draw()`` makes the pool)
+    sampler: MixedBatchSampler
+
+
+def checked_settings(cfg: DictConfig) -> Settings:
+    """Every group built and checked before any data is generated or loaded; every problem
+    found is reported, one line each, in one ConfigError."""
     problems: list[str] = []
 
     def attempt(group: str, **supplied):
@@ -289,41 +421,55 @@ def assemble(cfg: DictConfig) -> Job:
         raise ConfigError(f"seed={cfg.seed!r} is not allowed: an integer")
     data_spec = attempt("data")
     num_classes = data_spec.num_classes if data_spec is not None else 2
-    trainer, loss, explainer, pretrain = (attempt(group) for group in ("trainer", "loss", "explainer", "pretrain"))
+    built = {group: attempt(group) for group in ("trainer", "loss", "explainer", "pretrain", "pool", "sampler")}
     model = attempt("model", num_classes=num_classes)
-    pool_spec, sampler = attempt("pool"), attempt("sampler")
-    for needs_model in (explainer, loss):
+    for needs_model in (built["explainer"], built["loss"]):
         if model is not None and needs_model is not None:
             try:
                 needs_model.check(model)
             except SettingError as e:
                 problems.append(str(e))
-    problems += objective_and_stopping_problems(cfg, trainer, pool_spec, data_spec)
+    problems += objective_and_stopping_problems(cfg, built["trainer"], built["pool"], built["sampler"], data_spec)
+    problems += unknown_top_level(cfg)
     if problems:
         raise ConfigError("\n".join(problems))
-    seed_everything(cfg.seed)
-    trainer.apply_process_settings()
+    return Settings(data=data_spec, model=model, **built)
+
+
+def data_and_pool(settings: Settings, seed: int) -> tuple[XILData, UserCorrectedDataset]:
+    """The data, the pool drawn from it and the sampler sized to both; the problems only sizes reveal."""
     try:
-        data = data_spec.load()
+        data = settings.data.load()
     except SettingError as e:
         raise ConfigError(str(e.in_group("data"))) from None
     try:
-        pool = pool_spec.draw(data.train, cfg.seed, data.confounded_class)
+        pool = settings.pool.draw(data.train, seed, data.confounded_class)
     except SettingError as e:
         raise ConfigError(str(e.in_group("pool"))) from None
+    sampler = settings.sampler
     try:
         sampler.set_sizes(len(data.train), len(pool))
     except SettingError as e:  # the only size a user sets here is the pool's
         raise ConfigError(
             str(SettingError("pool.size", len(pool), f"{e.allowed} (sampler.k={sampler.k_start})"))
         ) from None
+    return data, pool
 
+
+def assemble(cfg: DictConfig) -> Job:
+    """Validate every setting and build the job's objects, each once (no output written):
+    the settings that need no data first, then those the data's sizes decide."""
+    began = time.perf_counter()
+    settings = checked_settings(cfg)
+    seed_everything(cfg.seed)
+    settings.trainer.apply_process_settings()
+    data, pool = data_and_pool(settings, cfg.seed)
     model_settings = OmegaConf.to_container(cfg.model, resolve=True)
 
     def fresh_model():
-        return build(cfg, "model", num_classes=num_classes)
+        return build(cfg, "model", num_classes=settings.data.num_classes)
 
-    val_dotted = dotted_validation(data.val, pool.original, cfg.seed)
+    trainer, pretrain = settings.trainer, settings.pretrain
     model, confounded = pretrain.confounded_model(data, fresh_model, model_settings, trainer)
     oracle_model, oracle = pretrain.oracle_model(data, fresh_model, model_settings, trainer)
     return Job(
@@ -335,24 +481,29 @@ def assemble(cfg: DictConfig) -> Job:
         oracle_model=oracle_model,
         oracle=oracle,
         pool=pool,
-        sampler=sampler,
-        loss=loss,
+        sampler=settings.sampler,
+        loss=settings.loss,
         trainer=trainer,
-        explainer=explainer,
+        explainer=settings.explainer,
         config=resolved_settings(cfg),
         assemble_seconds=time.perf_counter() - began,
-        val_dotted=val_dotted,
+        val_dotted=dotted_validation(data.val, pool.original, cfg.seed),
     )
 
 
-def objective_and_stopping_problems(cfg: DictConfig, trainer, pool_spec, data_spec) -> list[str]:
-    """Problems of the objective and of the stopping score; those other than clean read
-    the validation reliance, which the pool's marked confounders make."""
+def objective_and_stopping_problems(cfg: DictConfig, trainer, pool_spec, sampler, data_spec) -> list[str]:
+    """Problems of the objective and of the stopping score (those other than clean read
+    the validation reliance, which the pool's marked confounders make), and of a pool no batch uses."""
     problems = []
     objective = cfg.get("objective", "clean")
     if objective not in OBJECTIVES:
         problems.append(f"objective={objective!r} is not allowed: one of {', '.join(OBJECTIVES)}")
     empty_pool = pool_spec is not None and pool_spec.size == 0
+    if sampler is not None and not (empty_pool or sampler.k_start or sampler.k_end):
+        problems.append(
+            f"sampler.k=0 is not allowed: an integer in [1, batch_size={sampler.batch_size}) with a pool "
+            "(with k=0 and k_end=0 no batch holds a corrected sample; pool.size=0 fine-tunes without corrections)"
+        )
     if trainer is not None and trainer.stop_on != "clean" and empty_pool:
         problems.append(
             f"trainer.stop_on={trainer.stop_on!r} is not allowed: clean with pool.size=0 "

@@ -24,11 +24,18 @@ import torch
 
 from xilsweep.data import Split, XILData
 from xilsweep.errors import DataError, require
-from xilsweep.files import atomic_torch_save, build_lock, checked_torch_load, digest, read_checked
+from xilsweep.files import (
+    atomic_torch_save,
+    atomic_write_checked_json,
+    build_lock,
+    checked_json_load,
+    checked_torch_load,
+    digest,
+    read_checked,
+)
 from xilsweep.training import Trainer, train_confounded
 
 log = logging.getLogger(__name__)
-REFERENCE_KINDS = ("confounded", "oracle")
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
@@ -152,6 +159,23 @@ class Pretraining:
 
     def oracle_model(self, data: XILData, build_model, model_settings: dict, trainer: Trainer):
         return self.reference_model("oracle", data, build_model, model_settings, trainer)
+
+
+def cached_figures(reference: dict, meta: dict, compute: Callable[[], dict]) -> dict:
+    """``compute()``, a reference model's figures under the settings ``meta``, cached
+    (checksummed) beside the cached model: every job of a sweep needs them. A damaged or
+    stale file is recomputed; a user's own checkpoint gets nothing written beside it."""
+    if "checkpoint" in reference["settings"]:
+        return compute()
+    path = Path(reference["path"]).with_name(f"reasons_{digest(json.dumps(meta, sort_keys=True))[:10]}.json")
+    figures = checked_json_load(path, meta)
+    if figures is None:
+        figures = compute()
+        try:
+            atomic_write_checked_json(figures, path, meta)
+        except DataError as e:  # a read-only data root: the figures are recomputed by every job
+            log.warning("%s; the reference figures are not cached", e)
+    return figures
 
 
 def load_user_checkpoint(path: str, build_model: Callable[[], torch.nn.Module], data: XILData, trainer: Trainer):

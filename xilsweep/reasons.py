@@ -6,13 +6,14 @@ non-negative attribution maps ``[N, 1, H, W]`` for the true or the predicted
 class: ``InputGradients`` (``|d logit / d x|``, captum ``Saliency``, the
 default) or ``GradCAM`` (captum ``LayerGradCam`` on the model's last
 convolution, ReLU'd, each unit placed at the centre of its receptive field).
-The metric functions work on whole batches of maps and masks;
-``Explainer.reasons`` computes all of them for one model on the test set with
-a few batched passes, and ``shortcut_removed`` reads a figure between the
-oracle (floor) and the confounded model (ceiling).
+``Explainer.reasons`` gathers one ``metrics.Evidence`` of a model on the
+dotted test images with a few batched passes and computes every reliance
+figure of ``metrics.RELIANCE`` from it.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -20,135 +21,50 @@ from torch import nn
 
 from xilsweep.data import Split, XILData
 from xilsweep.errors import SettingError, require
+from xilsweep.metrics import RELIANCE, Evidence, per_image_max
 from xilsweep.training import EVAL_BATCH_SIZE, predict_logits
 
-# reasons() key -> TensorBoard tag; the keys are also the metrics.json names
-REASON_TAGS = {
-    "attribution_in_mask": "Reasons/attribution_in_mask",
-    "wrong_reason_score": "Reasons/wrong_reason_score",
-    "dot_flip_rate": "Reasons/dot_flip_rate",
-    "test_dotted_accuracy": "Accuracy/test_dotted",
-}
 THRESHOLD_RULES = ("mean",)
 TARGETS = ("label", "predicted")
-# Full range of each reliance metric; a reference gap under MIN_GAP of it is too small to read
-# a share of the shortcut removed from.
-RELIANCE_RANGES = {
-    "dot_flip_rate": 1.0,
-    "test_dotted_accuracy": 1.0,
-    "attribution_in_mask": 1.0,
-    "wrong_reason_score": 100.0,
-}
-MIN_GAP = 0.05
 # Images per forward/backward pass, as for evaluation.
 CHUNK = EVAL_BATCH_SIZE
 
 
-def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
-    return maps.flatten(1).amax(1).view(-1, *[1] * (maps.dim() - 1))
-
-
-def attribution_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per image, the share of non-negative attribution that lies inside the
-    mask (0 to 1); an all-zero map explains nothing and counts as 0."""
-    positive = maps.clamp_min(0).flatten(1)
-    total = positive.sum(1)
-    inside = (positive * masks.flatten(1)).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-
-
-def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Each map to [0, 1]: negatives clipped, then (a - min) / (max - min) as in
-    the XIL typology code (Friedrich et al. 2023); a constant map becomes 0."""
-    positive = maps.clamp_min(0)
-    low = -_per_image_max(-positive)
-    span = _per_image_max(positive) - low
-    return torch.where(span > 0, (positive - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-
-
-def wrong_reason_score(maps: torch.Tensor, masks: torch.Tensor, threshold: float | str = "mean") -> torch.Tensor:
-    """Per image, the percentage (0 to 100) of mask pixels that are active in
-    the normalised map binarised at ``threshold``: a number in [0, 1], or
-    ``"mean"``, the mean normalised attribution over all non-zero maps of the
-    batch (the literature's choice). All-zero maps have no active pixels (0)."""
-    norm = normalise(maps)
-    if threshold == "mean":
-        explained = norm.flatten(1).amax(1) > 0
-        threshold = norm[explained].mean() if explained.any() else 0.0
-    active = (norm > threshold) & masks.bool()
-    return 100 * active.flatten(1).sum(1) / masks.flatten(1).sum(1).clamp_min(1)
-
-
-def dot_flip_rate(
-    clean_pred: torch.Tensor, dotted_pred: torch.Tensor, labels: torch.Tensor, confounded_class: int
-) -> float | None:
-    """Among images outside the confounded class that the model gets right
-    without dots, the fraction it assigns to the confounded class once the
-    dots are added; None when there are no such images."""
-    eligible = (labels != confounded_class) & (clean_pred == labels)
-    if not eligible.any():
-        return None
-    return (dotted_pred[eligible] == confounded_class).float().mean().item()
-
-
-def forward_reliance(
+def dotted_evidence(
     model: nn.Module, clean_x: torch.Tensor, dotted: Split, confounded_class: int | None, clean_pred=None
-) -> tuple[float, float | None, torch.Tensor, torch.Tensor]:
-    """The forward-only reliance figures of ``model`` on ``dotted`` (the images ``clean_x``
-    with dots pasted in, image for image): the accuracy on ``dotted`` and the dot flip rate
-    between the two among the images with dots outside ``confounded_class`` (None without
-    one), with the predictions on ``dotted`` and which images carry dots. ``clean_pred``:
-    the predicted classes on ``clean_x``, where already known."""
+) -> Evidence:
+    """What ``model`` does on ``dotted`` (the images ``clean_x`` with dots pasted in, image
+    for image): its predictions on ``dotted`` and, among the images with dots outside
+    ``confounded_class`` (none without one), its predictions on the same images clean.
+    ``clean_pred``: the predicted classes on ``clean_x``, where already known."""
     device = next(model.parameters()).device
     dotted = dotted.to(device)
     labels = dotted.labels
     dotted_pred = predict_logits(model, dotted.x, CHUNK).argmax(1)
     has_dots = dotted.mask.flatten(1).any(1)
-    flip = None
+    others = None
     if confounded_class is not None:
         others = has_dots & (labels != confounded_class)
         if clean_pred is None:
             clean_pred = predict_logits(model, clean_x[others.to(clean_x.device)].to(device), CHUNK).argmax(1)
         else:
             clean_pred = clean_pred.to(device)[others]
-        flip = dot_flip_rate(clean_pred, dotted_pred[others], labels[others], confounded_class)
-    return (dotted_pred == labels).float().mean().item(), flip, dotted_pred, has_dots
+    return Evidence(dotted_pred, labels, has_dots, confounded_class, clean_pred, others)
 
 
 def validation_reliance(model: nn.Module, val: Split, val_dotted: Split, confounded_class: int | None) -> dict:
-    """Reliance measured on validation data only (forward passes): the accuracy on
-    ``val_dotted`` (``val`` with the pool's confounders pasted in, image for image,
-    see ``correction.dotted_validation``) and the dot flip rate between the two
-    (None without a confounded class)."""
-    accuracy, flip, _, _ = forward_reliance(model, val.x, val_dotted, confounded_class)
-    return {"val_dotted_accuracy": accuracy, "val_dot_flip_rate": flip}
-
-
-def shortcut_removed(
-    confounded: float | None, corrected: float | None, oracle: float | None, span: float = 1.0
-) -> float | None:
-    """The share of the shortcut removed, ``(confounded - corrected) / (confounded - oracle)``:
-    1 = as free of the confounder as the oracle, 0 = no change from the confounded model.
-    None where a figure is missing or the references differ by less than ``MIN_GAP * span``,
-    too little to measure a share against."""
-    if confounded is None or corrected is None or oracle is None or abs(confounded - oracle) < MIN_GAP * span:
-        return None
-    return (confounded - corrected) / (confounded - oracle)
-
-
-def shortcut_removed_all(confounded: dict, corrected: dict, oracle: dict) -> dict:
-    """``shortcut_removed`` of every reliance metric the three records share."""
-    return {
-        key: shortcut_removed(confounded.get(key), corrected.get(key), oracle.get(key), span)
-        for key, span in RELIANCE_RANGES.items()
-    }
+    """The forward reliance figures on validation data only: on ``val_dotted`` (``val`` with
+    the pool's confounders pasted in, image for image, see ``correction.dotted_validation``)
+    against ``val``, under each figure's ``val_key`` without ``best_`` (``val_dot_flip_rate``)."""
+    evidence = dotted_evidence(model, val.x, val_dotted, confounded_class)
+    return {f.val_key.removeprefix("best_"): f.compute(evidence) for f in RELIANCE if f.val_key}
 
 
 def overlay(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """RGB images [N, 3, H, W]: the grayscale input at half brightness (so the
     heat stands out against white ink and dots) blended with the map, scaled to
     its maximum per image, from dark red (weak) to yellow (strongest)."""
-    heat = maps / _per_image_max(maps).clamp_min(torch.finfo(maps.dtype).tiny)
+    heat = maps / per_image_max(maps).clamp_min(torch.finfo(maps.dtype).tiny)
     gray = 0.5 * x.mean(1, keepdim=True).expand(-1, 3, -1, -1)
     colour = torch.cat([torch.ones_like(heat), heat, torch.zeros_like(heat)], dim=1)
     return gray * (1 - heat) + colour * heat
@@ -169,6 +85,17 @@ def view_images(
         views["test_confounded_class"] = test.x[test.labels == c][:n]
         views["test_other_classes"] = test.x[test.labels != c][:n]
     return {name: x for name, x in views.items() if len(x)}
+
+
+def training_images(train: Split, pool, confounded_class: int | None) -> dict[str, torch.Tensor]:
+    """The image grids a job shows once: training images of the confounded class (all
+    classes without one), and the pool before and after the user's correction."""
+    shown = train.subset(train.labels == confounded_class) if confounded_class is not None else train
+    return {
+        "Images/confounded_samples": shown.x,
+        "Images/corrected_original": pool.original.x,
+        "Images/corrected_samples": pool.corrected.x,
+    }
 
 
 class Explainer:
@@ -260,8 +187,8 @@ class Explainer:
         monitor: bool = False,
         clean_pred: torch.Tensor | None = None,
     ) -> dict:
-        """The four reason metrics of ``model`` on the test set (docs/reliance.md);
-        a metric that does not apply, or is not computed, is None.
+        """Every reliance figure (``metrics.RELIANCE``) of ``model`` on the test set
+        (docs/reliance.md); a figure that does not apply, or is not computed, is None.
 
         The maps explain the dotted test images of ``confounded_class`` (all
         dotted test images when it is None, which also drops the flip rate);
@@ -274,25 +201,20 @@ class Explainer:
         if monitor and self.monitor_images is not None:
             chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: self.monitor_images]
             test, dotted = test.subset(chosen), dotted.subset(chosen)
-        c, dotted = confounded_class, dotted.to(device)  # placed once: forward_reliance and the maps read it
+        c, dotted = confounded_class, dotted.to(device)  # placed once: the evidence and the maps read it
         # test_dotted is the clean test set plus dots, image for image
-        accuracy, flip, dotted_pred, has_dots = forward_reliance(model, test.x, dotted, c, clean_pred)
-        labels = dotted.labels
-        result = {
-            "test_dotted_accuracy": accuracy,
-            "dot_flip_rate": flip,
-            "attribution_in_mask": None,
-            "wrong_reason_score": None,
-        }
-        explained = torch.nonzero(has_dots & (labels == c) if c is not None else has_dots).flatten()
+        evidence = dotted_evidence(model, test.x, dotted, c, clean_pred)
+        labels = evidence.labels
+        explained = torch.nonzero(evidence.has_dots & (labels == c) if c is not None else evidence.has_dots).flatten()
         explained = explained[: self.n_images if attributions else 0]
         if len(explained):
-            target = labels if self.target == "label" else dotted_pred
+            target = labels if self.target == "label" else evidence.dotted_pred
             maps = self.attribute(model, dotted.x[explained], target[explained])
-            masks = dotted.mask[explained]
-            result["attribution_in_mask"] = attribution_in_mask(maps, masks).mean().item()
-            result["wrong_reason_score"] = wrong_reason_score(maps, masks, self.threshold).mean().item()
-        return result
+            evidence = replace(evidence, maps=maps, masks=dotted.mask[explained], threshold=self.threshold)
+        return {
+            f.key: f.compute(evidence) if evidence.maps is not None or not f.needs_attributions else None
+            for f in RELIANCE
+        }
 
 
 def receptive_field(layers) -> tuple[int, float]:

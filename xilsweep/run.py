@@ -8,7 +8,6 @@ epoch's clean validation accuracy, or with ``objective=pareto`` the list
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,23 +19,40 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from xilsweep.errors import DataError, NonFiniteLossError
-from xilsweep.job import ConfigError, assemble
-from xilsweep.reasons import REASON_TAGS
-from xilsweep.tracking import METRICS_FILE
+from xilsweep.job import ConfigError, Job, assemble
+from xilsweep.lifetime import end_with_sweep
+from xilsweep.metrics import RELIANCE
+from xilsweep.progress import NEVER_IMPROVED, override_keys, read_plan, readable
+from xilsweep.resume import finished_record
 
 log = logging.getLogger("xilsweep")
 
 
+def shown(value) -> str:
+    """A setting as a folder name shows it: a float to 4 significant digits (an Optuna trial's
+    λ=12.345678901234567 as 12.35), anything else as written."""
+    if isinstance(value, float):
+        return str(float(f"{value:.4g}"))
+    return str(value)
+
+
 def run_name(lr, loss, lam, pool, seed, correction="zero") -> str:
-    """Folder/run name from the settings a sweep usually varies (values as written,
-    unchecked: validation happens in the job, which reports bad values clearly);
-    a correction other than the guide's zero fill is named after the pool size."""
-    lam_part = "" if lam is None else f"_lambda{lam}"
+    """Folder/run name from the settings a sweep usually varies (values as written, floats
+    rounded by ``shown``, unchecked: validation happens in the job, which reports bad values
+    clearly); a correction other than the guide's zero fill is named after the pool size."""
+    lam_part = "" if lam is None else f"_lam{shown(lam)}"
     correction_part = "" if correction == "zero" else f"_{correction}"
-    return f"lr{lr}_loss{loss}{lam_part}_pool{pool}{correction_part}_seed{seed}"
+    return f"lr{shown(lr)}_loss{loss}{lam_part}_pool{pool}{correction_part}_seed{seed}"
+
+
+def log_label(mode, output_dir: str) -> str:
+    """The job label of every log line (``hydra.job_logging``): in a sweep, whose jobs may run at
+    once, ``[<job folder name>]``; nothing in a single run."""
+    return f"[{Path(output_dir).name}]" if mode == RunMode.MULTIRUN else ""
 
 
 OmegaConf.register_resolver("xil_run_name", run_name, replace=True)
+OmegaConf.register_resolver("xil_log_label", log_label, replace=True)
 
 
 def requeued_by_slurm() -> bool:
@@ -55,28 +71,83 @@ def objective_of(record: dict, objective: str) -> float | list[float]:
     return [accuracy, math.nan if flip_rate is None else float(flip_rate)]
 
 
-def finished_objective(cfg: DictConfig, out_dir: Path) -> float | list[float] | None:
-    """The objective of a job already finished in ``out_dir``; re-running one
-    by accident is refused, ``trainer.resume=true`` returns its result."""
-    metrics_file = out_dir / METRICS_FILE
-    if not metrics_file.exists():
-        return None
-    record = json.loads(metrics_file.read_text())
-    if record.get("status") != "done":
-        return None
-    if not cfg.trainer.get("resume", False):
-        raise ConfigError(
-            f"{out_dir} already holds a finished job; trainer.resume=true returns its result, "
-            "another hydra.run.dir runs it again"
+def job_overrides() -> list[str]:
+    """This job's overrides as written (``pretrain.seed=${seed}`` is kept, not resolved)."""
+    if not HydraConfig.initialized():
+        return []
+    return readable(OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
+
+
+def sweep_varied(overrides: list[str]) -> list[str]:
+    """The config keys this job's sweep varies (its plan's, ``xilsweep.progress``); in a single
+    run or a sweep without a readable plan, those the job's own overrides set."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        try:
+            varied = read_plan(Path(HydraConfig.get().sweep.dir)).varied
+        except DataError:
+            varied = None
+        if varied is not None:
+            return varied
+    return override_keys(overrides)
+
+
+def stopping_line(record: dict, max_epochs: int) -> str:
+    """How the fine-tuning ended and which epoch it kept; epoch 0 (the confounded model) is flagged."""
+    ran, kept = record["epochs_run"], record["best_epoch"]
+    if ran >= max_epochs:
+        how = f"ran all {ran} epochs" if ran > 1 else "ran its 1 epoch"
+    else:
+        how = f"stopped early at epoch {ran} of {max_epochs}"
+    return f"{how}, kept epoch {kept}" + (f": {NEVER_IMPROVED}" if kept == 0 else "")
+
+
+def log_summary(job: Job, record: dict, out_dir: Path) -> None:
+    """The finished job's lines: clean test accuracy, the validation figures at the kept epoch,
+    the reliance figures on the whole test set, and last how it stopped and where its outputs are."""
+    log.info(
+        "clean test accuracy: confounded model %.2f%% -> corrected model %.2f%% (best val accuracy %.2f%% at epoch %d)",
+        100 * job.confounded["test_accuracy"],
+        100 * record["test_accuracy"],
+        100 * record["best_val_accuracy"],
+        record["best_epoch"],
+    )
+    if record["best_val_dotted_accuracy"] is not None:
+        flip_rate = record.get("best_val_dot_flip_rate")  # absent from jobs run before it existed
+        log.info(
+            "validation reliance at that epoch (the pool's confounders pasted onto the validation images): "
+            "dotted val acc %.2f%%, val dot flip rate %s",
+            100 * record["best_val_dotted_accuracy"],
+            "n/a" if flip_rate is None else f"{flip_rate:.3f}",
         )
-    log.info("job already finished in %s; returning its recorded objective", out_dir)
-    return objective_of(record, cfg.objective)
+    log.info(
+        "reliance on the confounder on the whole test set of %d (%s; oracle floor | confounded ceiling -> "
+        "corrected, share of the shortcut removed):",
+        len(job.data.test),
+        job.explainer.name,
+    )
+    for f in RELIANCE:
+        figures = (record["oracle"][f.key], record["confounded"][f.key], record[f.key])
+        removed = record["shortcut_removed"][f.key]
+        log.info(
+            "  %-21s %s | %s -> %s  removed %s",
+            f.key,
+            *(f.text(v) for v in figures),
+            "n/a" if removed is None else f"{removed:.3f}",
+        )
+    log.log(
+        logging.WARNING if record["best_epoch"] == 0 else logging.INFO,
+        "%s; outputs: %s   (tensorboard --logdir %s)",
+        stopping_line(record, job.trainer.max_epochs),
+        out_dir,
+        out_dir,
+    )
 
 
 def run_job(cfg: DictConfig, out_dir: Path) -> float | list[float]:
-    done = finished_objective(cfg, out_dir)
-    if done is not None:
-        return done
+    finished = finished_record(cfg, out_dir)
+    if finished is not None:
+        log.info("job already finished in %s; returning its recorded objective", out_dir)
+        return objective_of(finished, cfg.objective)
     job = assemble(cfg)
     log.info(
         "confounded model: train accuracy %.2f%%, clean test accuracy %.2f%% (%s)",
@@ -93,32 +164,9 @@ def run_job(cfg: DictConfig, out_dir: Path) -> float | list[float]:
         job.sampler.k_start,
         out_dir,
     )
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    record = job.run(out_dir, overrides)
-    log.info(
-        "clean test accuracy: confounded model %.2f%% -> corrected model %.2f%% (best val accuracy %.2f%% at epoch %d)",
-        100 * job.confounded["test_accuracy"],
-        100 * record["test_accuracy"],
-        100 * record["best_val_accuracy"],
-        record["best_epoch"],
-    )
-    if record["best_val_dotted_accuracy"] is not None:
-        flip_rate = record.get("best_val_dot_flip_rate")  # absent from jobs run before it existed
-        log.info(
-            "validation reliance at that epoch (the pool's confounders pasted onto the validation images): "
-            "dotted val accuracy %.2f%%, val dot flip rate %s",
-            100 * record["best_val_dotted_accuracy"],
-            "n/a" if flip_rate is None else f"{flip_rate:.3f}",
-        )
-    log.info(
-        "reliance on the confounder (%s; oracle floor | confounded ceiling -> corrected, share of the "
-        "shortcut removed):",
-        job.explainer.name,
-    )
-    for key in REASON_TAGS:
-        figures = (record["oracle"][key], record["confounded"][key], record[key], record["shortcut_removed"][key])
-        log.info("  %-21s %s | %s -> %s  removed %s", key, *(f"{v:.3f}" if v is not None else "n/a" for v in figures))
-    log.info("outputs: %s   (tensorboard --logdir %s)", out_dir, out_dir)
+    overrides = job_overrides()
+    record = job.run(out_dir, overrides, sweep_varied(overrides))
+    log_summary(job, record, out_dir)
     return objective_of(record, cfg.objective)
 
 
@@ -127,6 +175,7 @@ def main(cfg: DictConfig) -> float | list[float]:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if requeued_by_slurm():  # started again by SLURM: continue from the last epoch's checkpoint
         cfg.trainer.resume = True
+    end_with_sweep()
     try:
         return run_job(cfg, out_dir)
     except (ConfigError, DataError, NonFiniteLossError) as e:

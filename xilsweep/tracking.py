@@ -1,38 +1,63 @@
 """Per-job records: TensorBoard scalars, image grids and the hparams entry,
 all in the job's own folder, the machine-readable ``metrics.json``, and what
-a job records after every epoch (``EpochRecorder``)."""
+a job records after every epoch (``EpochRecorder``). The tags come from the
+figure specs (``xilsweep.metrics``).
+
+Per epoch, ``Reasons/*``, ``Accuracy/test_dotted``, ``Shortcut_removed/*`` and the
+references' ``Confounded/*`` and ``Oracle/*`` are measured on the explainer's monitored
+test subset; ``*val*`` tags on the validation images; ``Final/*`` (the hparams entry's
+metrics) on the whole test set, ``Final/best_val_*`` on the validation images at the
+kept epoch. The Custom Scalars charts name their images in their titles."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams.api_pb2 import HParamInfo
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from xilsweep.files import atomic_write_json
-from xilsweep.reasons import REASON_TAGS, shortcut_removed_all, view_images
+from xilsweep.metrics import (
+    FIGURES,
+    REFERENCE_KINDS,
+    REFERENCE_LABELS,
+    RELIANCE,
+    epoch_tags,
+    headline_text,
+    shortcut_removed_all,
+)
 
 log = logging.getLogger("xilsweep")
 
 METRICS_FILE = "metrics.json"
 GRID_PADDING = 2  # pixels of grey above and left of each image in a grid
 
-# metrics-dict name -> TensorBoard tag, as in the experiment guide
-EPOCH_TAGS = {
-    "train_loss": "Loss/train_epoch",
-    "train_loss_confounded": "Loss/train_confounded",
-    "train_loss_corrected": "Loss/train_corrected",
-    "val_loss": "Loss/val_epoch",
-    "train_accuracy": "Accuracy/train_epoch",
-    "val_accuracy": "Accuracy/val_epoch",
-    "val_dotted_accuracy": "Accuracy/val_dotted",
-    "val_dot_flip_rate": "Reasons/val_dot_flip_rate",
-    "k": "Sampler/k",
-}
+
+def reference_tag(kind: str, key: str) -> str:
+    """The TensorBoard tag of a reference model's figure, e.g. ``Oracle/dot_flip_rate``."""
+    return f"{kind.title()}/{key}"
+
+
+def reliance_scalars(reasons: dict, removed: dict) -> dict:
+    """TensorBoard tag -> value of a model's reliance figures and shares of the shortcut removed."""
+    return {
+        **{f.tag: reasons[f.key] for f in RELIANCE},
+        **{f"Shortcut_removed/{f.key}": removed[f.key] for f in RELIANCE},
+    }
+
+
+def reference_scalars(references: dict[str, dict]) -> dict:
+    """TensorBoard tag -> value of the references' reliance figures (``kind -> reasons``)."""
+    return {reference_tag(kind, f.key): references[kind][f.key] for kind in REFERENCE_KINDS for f in RELIANCE}
 
 
 class RunRecorder:
@@ -47,17 +72,34 @@ class RunRecorder:
         self.writer = SummaryWriter(log_dir=str(self.directory), purge_step=purge_step)
 
     def epoch(self, epoch: int, metrics: dict) -> None:
+        """Scalars of one epoch: the named figures of ``epoch_tags()`` and every name that is a tag ("a/b")."""
+        tags = epoch_tags()
         for name, value in metrics.items():
-            tag = EPOCH_TAGS.get(name) or (name if "/" in name else None)
+            tag = tags.get(name) or (name if "/" in name else None)
             if tag is not None and value is not None:
                 self.writer.add_scalar(tag, value, epoch)
         self.writer.flush()
 
-    def reference_layout(self, tags: dict) -> None:
-        """One TensorBoard chart per reliance metric (custom scalars tab) with
-        the job's figure between the oracle's (floor) and the confounded model's (ceiling)."""
+    def reference_layout(self, subset: str) -> None:
+        """The Custom Scalars tab: per reliance figure, the job's figure between the oracle's
+        (floor) and the confounded model's (ceiling), on the monitored ``subset`` of the test
+        images (e.g. "test subset of 300"); per validation figure, the job's on the validation images."""
+        references = ", ".join(REFERENCE_LABELS[kind] for kind in REFERENCE_KINDS)
+        test = {
+            f"{f.label.removesuffix(' %')} ({subset})": [
+                "Multiline",
+                [f.tag, *(reference_tag(kind, f.key) for kind in REFERENCE_KINDS)],
+            ]
+            for f in RELIANCE
+        }
+        validation = {
+            FIGURES[f.val_key].label.removesuffix(" %"): ["Multiline", [f.val_tag]] for f in RELIANCE if f.val_key
+        }
         self.writer.add_custom_scalars(
-            {"Reliance": {key: ["Multiline", [tag, f"Confounded/{key}", f"Oracle/{key}"]] for key, tag in tags.items()}}
+            {
+                f"Reliance per epoch on the {subset}: corrected model, {references}": test,
+                "Reliance per epoch on the validation images (with the pool's confounders)": validation,
+            }
         )
 
     def images(self, batches: dict[str, torch.Tensor], step: int = 0, n: int = 32) -> None:
@@ -67,11 +109,14 @@ class RunRecorder:
             cells = torch.nn.functional.pad(x[:n].detach().float(), (GRID_PADDING, 0, GRID_PADDING, 0), value=0.5)
             self.writer.add_images(tag, cells, step)  # TensorBoard's own grid: no torchvision in the job
 
-    def hparams(self, settings: dict, final_metrics: dict) -> None:
-        """One hparams entry in this run (not the sub-run ``add_hparams`` makes)."""
+    def hparams(self, settings: dict, final_metrics: dict, varied: Collection[str] = ()) -> None:
+        """One hparams entry in this run (not the sub-run ``add_hparams`` makes). Its experiment
+        marks the settings named in ``varied`` as differing: TensorBoard's HPARAMS lists those
+        first and shows the first five; it shows the first five metrics, in ``final_metrics``' order."""
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
         metrics = {k: v for k, v in final_metrics.items() if v is not None and math.isfinite(v)}
-        for summary in hparams_summary(clean, metrics):
+        experiment, start, end = hparams_summary(clean, metrics)
+        for summary in (varied_first(experiment, varied), start, end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value)
@@ -81,17 +126,53 @@ class RunRecorder:
         self.writer.close()
 
 
-def reliance_text(reasons: dict) -> str:
-    """The epoch log's reliance figure: the dot flip rate, or without a confounded
-    class (Decoy-MNIST: no flip rate) the dotted test accuracy."""
-    flip = reasons["dot_flip_rate"]
-    if flip is None:
-        return f"dotted test accuracy {100 * reasons['test_dotted_accuracy']:.2f}%"
-    return f"dot flip rate {flip:.3f}"
+def varied_first(experiment: Summary, varied: Collection[str]) -> Summary:
+    """The hparams experiment summary with the settings in ``varied`` marked as differing and
+    listed first (TensorBoard orders them by that mark, then by name; without it, by name alone)."""
+    data = HParamsPluginData.FromString(experiment.value[0].metadata.plugin_data.content)
+    infos = []
+    for info in data.experiment.hparam_infos:
+        marked = HParamInfo()
+        marked.CopyFrom(info)
+        marked.differs = info.name in varied
+        infos.append(marked)
+    infos.sort(key=lambda info: not info.differs)
+    data.experiment.ClearField("hparam_infos")
+    data.experiment.hparam_infos.extend(infos)
+    return Summary(
+        value=[
+            Summary.Value(tag=hparams_metadata.EXPERIMENT_TAG, metadata=hparams_metadata.create_summary_metadata(data))
+        ]
+    )
 
 
 def write_metrics(directory: Path, record: dict) -> None:
     atomic_write_json(record, Path(directory) / METRICS_FILE)
+
+
+def validation_text(metrics: dict) -> str:
+    """An epoch's validation figures: clean, and where there is a pool, on the dotted validation
+    images, labelled as the job's summary labels them at the kept epoch."""
+    shown = [f"loss {metrics['val_loss']:.4f}", f"accuracy {100 * metrics['val_accuracy']:.2f}%"]
+    for f in RELIANCE:
+        value = metrics.get(f.val_key.removeprefix("best_")) if f.val_key else None
+        if value is not None:
+            figure = FIGURES[f.val_key]
+            shown.append(f"{figure.label.removesuffix(' %')} {figure.text(value)}")
+    return ", ".join(shown)
+
+
+def epoch_line(epoch: int, max_epochs: int, metrics: dict, reasons: dict, subset: str) -> str:
+    """The log line of one epoch, each figure under the images it is measured on; epoch 0 is
+    the starting (confounded) model."""
+    measured = f"validation: {validation_text(metrics)}; {subset}: {headline_text(reasons)}"
+    if epoch == 0:
+        return f"epoch 0/{max_epochs} (start): {measured}"
+    return (
+        f"epoch {epoch}/{max_epochs}: train loss {metrics['train_loss']:.4f} "
+        f"(confounded {metrics['train_loss_confounded']:.4f}, corrected {metrics['train_loss_corrected']:.4f}), "
+        f"train accuracy {100 * metrics['train_accuracy']:.2f}%; {measured} ({metrics['seconds']:.1f} s)"
+    )
 
 
 class EpochRecorder:
@@ -99,77 +180,41 @@ class EpochRecorder:
     figures with the share of the shortcut removed and the references (flat
     lines in the Reliance charts), explanation grids, and one log line.
 
-    The forward-only reliance figures are computed every epoch, the
-    attribution figures and grids every ``explainer.attribution_every`` epochs,
-    on the explainer's monitored test images and read against the references'
-    figures on the same images; epoch 0 is the confounded model, whose figures
-    are already known.
+    It is given what it records: ``measure(attributions)``, the reliance figures of the
+    model being fine-tuned (on the explainer's monitored test images, named by ``subset``;
+    the attribution figures only when ``attributions``), ``explain()``, its explanation
+    grids, and ``references`` (``kind -> figures`` on the same images). The attribution figures and
+    grids are made every ``attribution_every`` epochs; epoch 0 is the confounded model,
+    whose figures are already known.
     """
 
-    def __init__(self, recorder: RunRecorder, job, confounded: dict, oracle: dict, resuming: bool):
-        self.recorder, self.job, self.confounded, self.oracle = recorder, job, confounded, oracle
-        self.references = {
-            f"{kind.title()}/{key}": reference[key]
-            for kind, reference in (("confounded", confounded), ("oracle", oracle))
-            for key in REASON_TAGS
-        }
-        self.shown = view_images(job.data, job.pool.corrected, job.pool.original, job.confounded_class)
+    def __init__(
+        self,
+        recorder: RunRecorder,
+        measure: Callable[[bool], dict],
+        explain: Callable[[], dict[str, torch.Tensor]],
+        references: dict[str, dict],
+        attribution_every: int,
+        max_epochs: int,
+        subset: str,
+    ):
+        self.recorder, self.measure, self.explain, self.references = recorder, measure, explain, references
+        self.attribution_every, self.max_epochs, self.subset = attribution_every, max_epochs, subset
         self.reason_seconds: list[float] = []
-        recorder.reference_layout(REASON_TAGS)
-        if not resuming:
-            eights = job.data.train.subset(job.data.train.labels == 1)
-            recorder.images(
-                {
-                    "Images/confounded_samples": eights.x,
-                    "Images/corrected_original": job.pool.original.x,
-                    "Images/corrected_samples": job.pool.corrected.x,
-                }
-            )
+        recorder.reference_layout(subset)
 
     def __call__(self, epoch: int, metrics: dict) -> None:
         began = time.perf_counter()
-        explainer, model = self.job.explainer, self.job.model
-        attributions = epoch % explainer.attribution_every == 0
-        reasons = self.confounded if epoch == 0 else self.job.reasons(model, attributions, monitor=True)
+        attributions = epoch % self.attribution_every == 0
+        reasons = self.references["confounded"] if epoch == 0 else self.measure(attributions)
         if attributions:
-            self.recorder.images(
-                {f"Explanations/{view}": x for view, x in explainer.views(model, self.shown).items()}, step=epoch
-            )
+            self.recorder.images({f"Explanations/{view}": x for view, x in self.explain().items()}, step=epoch)
         if epoch > 0:
             self.reason_seconds.append(time.perf_counter() - began)
-        removed = shortcut_removed_all(self.confounded, reasons, self.oracle)
-        self.recorder.epoch(
-            epoch,
-            {
-                **metrics,
-                **{tag: reasons[key] for key, tag in REASON_TAGS.items()},
-                **{f"Shortcut_removed/{key}": value for key, value in removed.items()},
-                **self.references,
-            },
-        )
-        max_epochs = self.job.trainer.max_epochs
-        if epoch == 0:
-            log.info(
-                "epoch 0/%d (start): val loss %.4f, val accuracy %.2f%%",
-                max_epochs,
-                metrics["val_loss"],
-                100 * metrics["val_accuracy"],
-            )
-        else:
-            log.info(
-                "epoch %d/%d: train loss %.4f (confounded %.4f, corrected %.4f), train accuracy %.2f%%, "
-                "val loss %.4f, val accuracy %.2f%%, %s (%.1f s)",
-                epoch,
-                max_epochs,
-                metrics["train_loss"],
-                metrics["train_loss_confounded"],
-                metrics["train_loss_corrected"],
-                100 * metrics["train_accuracy"],
-                metrics["val_loss"],
-                100 * metrics["val_accuracy"],
-                reliance_text(reasons),
-                metrics["seconds"],
-            )
+        removed = shortcut_removed_all(self.references["confounded"], reasons, self.references["oracle"])
+        scalars = {**reliance_scalars(reasons, removed), **reference_scalars(self.references)}
+        self.recorder.epoch(epoch, {**metrics, **scalars})
+        log.info("%s", epoch_line(epoch, self.max_epochs, metrics, reasons, self.subset))
 
     def mean_reason_seconds(self) -> float | None:
         return sum(self.reason_seconds) / len(self.reason_seconds) if self.reason_seconds else None

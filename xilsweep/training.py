@@ -1,5 +1,5 @@
-"""Training loop on in-memory tensors: train_one_epoch, evaluate,
-fit_until_early_stopping, and the Trainer that holds their settings."""
+"""Training loop on in-memory tensors: train_one_epoch, evaluate, and the
+Trainer that holds their settings and fine-tunes with early stopping (``Trainer.fit``)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,21 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from xilsweep.data import Split
+from xilsweep.devices import choose_device
 from xilsweep.errors import NonFiniteLossError, require, require_choice
 from xilsweep.files import atomic_torch_save, read_checked
-from xilsweep.losses import BaselineImbalancedLoss, XILLoss, as_labels
+from xilsweep.losses import Batch, Method
+from xilsweep.losses.base import as_labels
+from xilsweep.losses.baseline import Imbalanced
 from xilsweep.sampling import MixedBatchSampler, create_is_user_corrected_mask
 
 OPTIMIZERS = ("adam", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def clean_score(metrics: dict) -> float:
@@ -46,47 +49,40 @@ def concat(a: Split, b: Split) -> Split:
     return Split(torch.cat([a.x, b.x]), torch.cat([a.targets, b.targets]), torch.cat([a.mask, b.mask]))
 
 
-def train_one_epoch(
-    model, data: Split, batches, k: int, loss_fn: XILLoss, optimizer, grad_clip: float | None = None
-) -> dict:
+# a step's named losses -> the epoch metric of their mean; a method's own (TensorBoard tags) keep their names
+EPOCH_NAMES = {"total": "loss", "confounded": "loss_confounded", "corrected": "loss_corrected"}
+
+
+def train_one_epoch(model, data: Split, batches, k: int, method: Method, optimizer) -> dict:
     """One pass over ``batches`` (index tensors into ``data``, the last ``k`` of
-    each batch corrected). Returns epoch means; raises on a non-finite loss."""
+    each batch corrected), ``method.update`` on each. Returns the epoch means of
+    the steps' named losses and the training accuracy; raises on a non-finite loss."""
     model.train()
     device = data.x.device
-    sums = torch.zeros(4, device=device)  # total, confounded, corrected, correct predictions
-    n_seen = 0
-    own_step = getattr(optimizer, "train_step", None)  # a loss's own update rule, see XILLoss.wrap_optimizer
+    names, sums, n_seen = [], None, 0
     for index in batches:
         index = index.to(device, non_blocking=True)
-        x, targets, mask = data.x[index], data.targets[index], data.mask[index]
         is_corrected = create_is_user_corrected_mask(len(index), k, device)
-        if own_step:
-            logits, (total, confounded, corrected) = own_step(model, x, targets, is_corrected, mask)
-        else:
-            logits, (total, confounded, corrected) = loss_fn.batch_loss(model, x, targets, is_corrected, mask)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        hits = (logits.detach().argmax(dim=1) == as_labels(targets)).sum()
-        sums += torch.stack([total.detach(), confounded.detach(), corrected.detach(), hits.float()])
+        batch = Batch(data.x[index], data.targets[index], is_corrected, data.mask[index])
+        step = method.update(model, batch, optimizer)
+        hits = (step.logits.detach().argmax(dim=1) == as_labels(batch.targets)).sum()
+        values = torch.stack([*step.losses.values(), hits.float()])
+        if sums is None:
+            names, sums = [*step.losses, "hits"], torch.zeros_like(values)
+        sums += values
         n_seen += len(index)
-    return epoch_means(sums.tolist(), len(batches), n_seen)  # one device sync per epoch
+    return epoch_means(dict(zip(names, sums.tolist(), strict=True)), len(batches), n_seen)  # one device sync
 
 
-def epoch_means(sums: list[float], n_batches: int, n_seen: int) -> dict:
-    """Epoch metrics from summed (total, confounded, corrected, hits); raises on a non-finite loss."""
-    total, confounded, corrected, hits = sums
-    n_batches = max(n_batches, 1)
-    if not math.isfinite(total):
-        raise NonFiniteLossError(f"training loss became {total}: lower trainer.lr or set trainer.grad_clip (e.g. 1.0)")
-    return {
-        "loss": total / n_batches,
-        "loss_confounded": confounded / n_batches,
-        "loss_corrected": corrected / n_batches,
-        "accuracy": hits / max(n_seen, 1),
-    }
+def epoch_means(sums: dict[str, float], n_batches: int, n_seen: int) -> dict:
+    """Epoch metrics from the summed named losses and ``hits`` (correct predictions);
+    raises on a non-finite loss."""
+    if not math.isfinite(sums["total"]):
+        raise NonFiniteLossError(
+            f"training loss became {sums['total']}: lower trainer.lr or set trainer.grad_clip (e.g. 1.0)"
+        )
+    means = {EPOCH_NAMES.get(name, name): value / n_batches for name, value in sums.items() if name != "hits"}
+    return {**means, "accuracy": sums["hits"] / n_seen}
 
 
 # Images per evaluation pass: small batches stay in the CPU caches (bench/speed.py measures the sizes).
@@ -138,98 +134,89 @@ class FitResult:
     stopped_early: bool = False
 
 
-def fit_until_early_stopping(
-    model,
-    train: Split,
-    pool: Split,
-    val: Split,
-    sampler: MixedBatchSampler,
-    loss_fn: XILLoss,
-    optimizer,
-    max_epochs: int,
-    patience: int,
-    grad_clip: float | None = None,
-    eval_batch_size: int = EVAL_BATCH_SIZE,
-    on_epoch: Callable[[int, dict], None] | None = None,
-    checkpoint: Path | None = None,
-    resume: bool = False,
-    validate: Callable[[torch.nn.Module], dict] | None = None,
-    score: Callable[[dict], float] = clean_score,
-) -> FitResult:
-    """Train until the epoch's ``score`` (default: validation accuracy) has not
-    improved for ``patience`` epochs (ties broken by lower validation loss), then
-    restore the best weights. ``validate(model)`` adds further validation metrics
-    to every epoch's (the score may read them).
+@dataclass
+class FitData:
+    """What a fine-tuning reads: the training split (carrying only the confounder
+    masks the user gave), the pool of corrected samples, the validation split, and
+    the sampler that mixes the first two into batches."""
 
-    Epoch 0 is the starting model, so a fine-tuning that never beats it on
-    validation returns it unchanged. ``on_epoch(epoch, metrics)`` is called
-    after every epoch run here, epoch 0 included.
+    train: Split
+    pool: Split
+    val: Split
+    sampler: MixedBatchSampler
 
-    With ``checkpoint``, the whole training state is saved there (atomically)
-    after every epoch; with ``resume`` too, training continues from it. Batch
-    order depends only on (seed, epoch) and the RNG state is saved, so a
-    resumed run ends exactly where an uninterrupted one would.
-    """
-    optimizer = loss_fn.wrap_optimizer(optimizer, grad_clip)
-    data = concat(train, pool)
-    state = read_checked(checkpoint)[1] if resume and checkpoint and Path(checkpoint).exists() else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        loss_fn.load_state_dict(state["loss"])
-        torch.set_rng_state(state["rng"])
-        best, best_epoch, best_state = tuple(state["best"]), state["best_epoch"], state["best_model"]
-        history, first_epoch = state["history"], state["epoch"] + 1
-    else:
-        start = evaluate(model, val, eval_batch_size)
-        history = [{"epoch": 0, "val_loss": start["loss"], "val_accuracy": start["accuracy"]}]
-        history[0].update(validate(model) if validate else {})
-        best = (score(history[0]), -start["loss"])
-        best_state, best_epoch, first_epoch = copy.deepcopy(model.state_dict()), 0, 1
-        if on_epoch:
-            on_epoch(0, history[0])
-    epoch = first_epoch - 1
-    while epoch < max_epochs and epoch - best_epoch < patience:
-        epoch += 1
-        began = time.perf_counter()
-        sampler.set_epoch(epoch - 1)
-        k = sampler.k
-        train_metrics = train_one_epoch(model, data, sampler.batches(epoch - 1), k, loss_fn, optimizer, grad_clip)
-        val_metrics = evaluate(model, val, eval_batch_size)
-        metrics = {
-            "epoch": epoch,
-            **{f"train_{n}": v for n, v in train_metrics.items()},
-            "val_loss": val_metrics["loss"],
-            "val_accuracy": val_metrics["accuracy"],
-            **(validate(model) if validate else {}),
-            "k": k,
-            **loss_fn.epoch_metrics(),
-            "seconds": time.perf_counter() - began,
-        }
-        history.append(metrics)
-        epoch_score = (score(metrics), -val_metrics["loss"])
-        if epoch_score > best:
-            best, best_epoch = epoch_score, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        if on_epoch:  # before the checkpoint: a job killed in between redoes (and re-logs) this epoch
-            on_epoch(epoch, metrics)
-        if checkpoint:
-            atomic_torch_save(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "loss": loss_fn.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "best": list(best),
-                    "best_epoch": best_epoch,
-                    "best_model": best_state,
-                    "history": history,
-                },
-                checkpoint,
-            )
-    model.load_state_dict(best_state)
-    return FitResult(best_epoch, history[best_epoch]["val_accuracy"], epoch, history, stopped_early=epoch < max_epochs)
+    def to(self, device) -> FitData:
+        return FitData(self.train.to(device), self.pool.to(device), self.val.to(device), self.sampler)
+
+    @cached_property
+    def train_and_pool(self) -> Split:
+        """The training split then the pool, the data the sampler's indices point into."""
+        return concat(self.train, self.pool)
+
+
+@dataclass
+class Stopping:
+    """Early stopping: the best epoch so far by ``score`` (ties broken by lower
+    validation loss) and its weights; training goes on while the best is less
+    than ``patience`` epochs old."""
+
+    score: Callable[[dict], float]
+    patience: int
+    best: tuple[float, ...] = ()  # (score, -validation loss) of the best epoch
+    best_epoch: int = 0
+    best_state: dict | None = None
+
+    def update(self, metrics: dict, model: torch.nn.Module) -> None:
+        """Keep ``model``'s weights if its epoch (``metrics``) is the best so far (the first always is)."""
+        key = (self.score(metrics), -metrics["val_loss"])
+        if self.best_state is None or key > self.best:
+            self.best, self.best_epoch = key, metrics["epoch"]
+            self.best_state = copy.deepcopy(model.state_dict())
+
+    def waiting(self, epoch: int) -> bool:
+        return epoch - self.best_epoch < self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": list(self.best), "best_epoch": self.best_epoch, "best_model": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.best_state = tuple(state["best"]), state["best_epoch"], state["best_model"]
+
+
+def save_checkpoint(path: Path, model, optimizer, method: Method, stopping: Stopping, history: list[dict]) -> None:
+    """The whole training state after the last epoch of ``history``, written atomically."""
+    state = {
+        "epoch": history[-1]["epoch"],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "method": method.state_dict(),
+        "rng": torch.get_rng_state(),
+        "history": history,
+        **stopping.state_dict(),
+    }
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint(path: Path, model, optimizer, method: Method, stopping: Stopping) -> list[dict]:
+    """Restore what ``save_checkpoint`` wrote into the objects; returns the history so far."""
+    state = read_checked(path)[1]
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    method.load_state_dict(state["method"])
+    torch.set_rng_state(state["rng"])
+    stopping.load_state_dict(state)
+    return state["history"]
+
+
+def clip_before_step(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the gradient norm of ``optimizer``'s parameters at ``max_norm`` whenever it steps
+    (a step pre-hook: also inside a method's own update rule, such as the Lagrangian's)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def clip(*_) -> None:  # a step pre-hook must return None (clip_grad_norm_ returns the norm)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    optimizer.register_step_pre_hook(clip)
 
 
 class Trainer:
@@ -256,13 +243,6 @@ class Trainer:
         require(isinstance(max_epochs, int) and max_epochs >= 1, "max_epochs", max_epochs, "an integer >= 1")
         require(isinstance(patience, int) and patience >= 1, "patience", patience, "an integer >= 1")
         require(grad_clip is None or grad_clip > 0, "grad_clip", grad_clip, "null or a number > 0")
-        require_choice("device", device, DEVICES)
-        require(
-            device != "cuda" or torch.cuda.is_available(),
-            "device",
-            device,
-            "cuda only where a CUDA GPU is visible (use auto or cpu)",
-        )
         require(
             num_threads is None or (isinstance(num_threads, int) and num_threads >= 1),
             "num_threads",
@@ -277,9 +257,7 @@ class Trainer:
         )
         self.lr, self.optimizer_name, self.momentum, self.weight_decay = float(lr), optimizer, momentum, weight_decay
         self.max_epochs, self.patience, self.grad_clip = max_epochs, patience, grad_clip
-        self.device = torch.device(
-            "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-        )
+        self.device = choose_device(device)  # auto: spread over the visible GPUs in a sweep (devices.py)
         # Launchers other than joblib do not limit threads; parallel jobs must not oversubscribe.
         # One thread unless told: these small models gain 1.25x from a second thread on an idle
         # 2-core machine but lose 25x when another process holds a core (measured, README "Speed").
@@ -302,43 +280,77 @@ class Trainer:
         return model.to(self.device, memory_format=self.memory_format)
 
     def make_optimizer(self, params, lr: float | None = None):
+        """The optimiser of ``params``; with ``grad_clip``, it clips their gradient norm before every step."""
         lr = self.lr if lr is None else lr
         # fused: one kernel per parameter instead of about ten; measured faster (README, "Speed")
         if self.optimizer_name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay, fused=True)
-        return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay, fused=True)
+            optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay, fused=True
+            )
+        else:
+            optimizer = torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay, fused=True)
+        if self.grad_clip:
+            clip_before_step(optimizer, self.grad_clip)
+        return optimizer
 
-    def fit(
-        self,
-        model,
-        train: Split,
-        pool: Split,
-        val: Split,
-        sampler,
-        loss_fn,
-        on_epoch=None,
-        checkpoint: Path | None = None,
-        validate=None,
-    ) -> FitResult:
+    def fit(self, model, data: FitData, method: Method, on_epoch=None, checkpoint=None, validate=None) -> FitResult:
+        """Fine-tune ``model`` in place with ``method`` until the epoch's score (``stop_on``)
+        has not improved for ``patience`` epochs, then restore the best weights.
+        ``validate(model)`` adds further validation metrics to every epoch's (the
+        score may read them).
+
+        Epoch 0 is the starting model, so a fine-tuning that never beats it on
+        validation returns it unchanged. ``on_epoch(epoch, metrics)`` is called
+        after every epoch run here, epoch 0 included.
+
+        With ``checkpoint``, the whole training state is saved there (atomically)
+        after every epoch; with ``resume`` too, training continues from it. Batch
+        order depends only on (seed, epoch) and the RNG state is saved, so a
+        resumed run ends exactly where an uninterrupted one would.
+        """
         self.place(model)
-        return fit_until_early_stopping(
-            model,
-            train=train.to(self.device),
-            pool=pool.to(self.device),
-            val=val.to(self.device),
-            sampler=sampler,
-            loss_fn=loss_fn.to(self.device),
-            optimizer=self.make_optimizer(model.parameters()),
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-            grad_clip=self.grad_clip,
-            eval_batch_size=self.eval_batch_size,
-            on_epoch=on_epoch,
-            checkpoint=checkpoint,
-            resume=self.resume,
-            validate=validate,
-            score=STOP_SCORES[self.stop_on],
-        )
+        data, method = data.to(self.device), method.to(self.device)
+        optimizer = self.make_optimizer(model.parameters())
+        stopping = Stopping(STOP_SCORES[self.stop_on], self.patience)
+        if self.resume and checkpoint and Path(checkpoint).exists():
+            history = load_checkpoint(checkpoint, model, optimizer, method, stopping)
+        else:
+            history = [{"epoch": 0, **self.validation(model, data.val, validate)}]
+            stopping.update(history[0], model)
+            if on_epoch:
+                on_epoch(0, history[0])
+        epoch = history[-1]["epoch"]
+        while epoch < self.max_epochs and stopping.waiting(epoch):
+            epoch += 1
+            history.append(self.epoch(epoch, model, data, method, optimizer, validate))
+            stopping.update(history[-1], model)
+            if on_epoch:  # before the checkpoint: a job killed in between redoes (and re-logs) this epoch
+                on_epoch(epoch, history[-1])
+            if checkpoint:
+                save_checkpoint(checkpoint, model, optimizer, method, stopping, history)
+        model.load_state_dict(stopping.best_state)
+        best = stopping.best_epoch
+        return FitResult(best, history[best]["val_accuracy"], epoch, history, stopped_early=epoch < self.max_epochs)
+
+    def epoch(self, epoch: int, model, data: FitData, method: Method, optimizer, validate=None) -> dict:
+        """Train one epoch (numbered from 1) and validate: the epoch's metrics."""
+        began = time.perf_counter()
+        data.sampler.set_epoch(epoch - 1)
+        k = data.sampler.k
+        train = train_one_epoch(model, data.train_and_pool, data.sampler.batches(epoch - 1), k, method, optimizer)
+        return {
+            "epoch": epoch,
+            **{(name if "/" in name else f"train_{name}"): value for name, value in train.items()},
+            **self.validation(model, data.val, validate),
+            "k": k,
+            **method.state_metrics(),
+            "seconds": time.perf_counter() - began,
+        }
+
+    def validation(self, model, val: Split, validate=None) -> dict:
+        """Validation loss and accuracy, and what ``validate(model)`` adds."""
+        scores = evaluate(model, val, self.eval_batch_size)
+        return {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"], **(validate(model) if validate else {})}
 
     def evaluate(self, model, split: Split) -> dict:
         return scores(self.predict(model, split.x), split.labels.to(self.device))
@@ -368,9 +380,7 @@ def train_confounded(
     history = []
     for epoch in range(epochs):
         began = time.perf_counter()
-        metrics = train_one_epoch(
-            model, data, sampler.batches(epoch), 0, BaselineImbalancedLoss(), optimizer, trainer.grad_clip
-        )
+        metrics = train_one_epoch(model, data, sampler.batches(epoch), 0, Imbalanced(), optimizer)
         metrics = {"epoch": epoch + 1, **metrics, "seconds": time.perf_counter() - began}
         history.append(metrics)
         if on_epoch:

@@ -6,16 +6,20 @@ Optuna's journal file, for clusters with a shared filesystem but no database
 server. With a database, the running trials send heartbeats: Optuna sends them
 only inside ``study.optimize``, while Hydra's sweeper asks and tells, so the
 storage here beats for the trials it creates, and a trial whose worker was
-killed is marked failed by the next worker that asks for a trial. On
-PostgreSQL, Optuna's tables are created under an advisory lock, so workers
-started together on an empty database do not race to create them.
+killed is marked failed by the next worker that asks for a trial. Optuna's
+tables are created under a lock (``schema_lock``: PostgreSQL's advisory lock, a
+lock file beside an SQLite file), so workers started together on a new
+database do not race to create them. The sweeper's log shows the storage as
+its URL, the password hidden (``shown_url``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +53,9 @@ def heartbeat_storage(url: str, heartbeat_interval: int, grace_period: int | Non
 
     class HeartbeatStorage(RDBStorage):
         """An RDBStorage whose newly asked trials beat until they are finished."""
+
+        def __str__(self) -> str:  # Hydra's sweeper logs "Storage: <this>"
+            return shown_url(url)
 
         def __init__(self):
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
@@ -90,17 +97,53 @@ def heartbeat_storage(url: str, heartbeat_interval: int, grace_period: int | Non
 
     # Optuna warns at every ask that heartbeats belong to study.optimize; here the storage beats itself.
     warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-    if not url.startswith("postgresql"):
+    with schema_lock(url):
         return HeartbeatStorage()
+
+
+def shown_url(url: str) -> str:
+    """A database URL as the log shows it: ``postgresql://user:***@host/db``."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.connect() as connection:  # the lock lasts until engine.dispose() closes the connection
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
-            return HeartbeatStorage()
-    finally:
-        engine.dispose()
+    return sqlalchemy.make_url(url).render_as_string(hide_password=True)
+
+
+def journal_storage(path: str):
+    """Optuna's journal file at ``path``, shown in the log as ``journal://PATH``."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    class SharedJournal(JournalStorage):
+        def __str__(self) -> str:  # Hydra's sweeper logs "Storage: <this>"
+            return f"{JOURNAL}{path}"
+
+    return SharedJournal(JournalFileBackend(path))
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Held while Optuna creates its tables: one process creates them, the others wait, then find
+    them. PostgreSQL: an advisory lock; an SQLite file: a lock file beside it (``<file>.lock``);
+    other databases: none."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        from filelock import FileLock
+
+        with FileLock(f"{parsed.database}.lock"):  # its folder too is created if missing
+            yield
+    elif backend == "postgresql":
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as connection:  # the lock lasts until engine.dispose() closes the connection
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+                yield
+        finally:
+            engine.dispose()
+    else:
+        yield
 
 
 def open_storage(storage: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
@@ -108,10 +151,7 @@ def open_storage(storage: Any, heartbeat_interval: int, grace_period: int | None
     if not isinstance(storage, str):
         return storage
     if storage.startswith(JOURNAL):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(storage[len(JOURNAL) :]))
+        return journal_storage(storage[len(JOURNAL) :])
     return heartbeat_storage(storage, heartbeat_interval, grace_period)
 
 

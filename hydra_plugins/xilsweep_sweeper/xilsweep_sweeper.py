@@ -38,7 +38,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from xilsweep.progress import PLANNED_FILE
+from xilsweep.progress import write_plan
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,7 @@ class XilSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        # the whole plan up front: progress lines count against it, the report lists jobs that never started
-        OmegaConf.save(
-            {"jobs": [{"num": num, "overrides": job} for num, job in enumerate(jobs)]}, sweep_dir / PLANNED_FILE
-        )
+        write_plan(sweep_dir, jobs=jobs)  # progress lines count against it, the report lists jobs never started
         size = len(jobs) if self.max_batch_size in (None, -1) else self.max_batch_size
         if size < 1:
             raise HydraException(

@@ -1,38 +1,14 @@
-"""Objectives for fine-tuning on mixed batches, one method per module.
+"""Fine-tuning methods, one per module (the config group ``loss``): the protocol
+is ``base.Method``; each method registers itself in ``METHODS`` under its config
+option when its module is imported, which importing this package does for every
+module in it."""
 
-Each returns ``(total, confounded_part, corrected_part)`` (see ``base.XILLoss``).
-"""
+import importlib
+import pkgutil
 
-from xilsweep.losses.base import XILLoss, as_labels, split_cross_entropy
-from xilsweep.losses.baseline import BaselineBalancedLoss, BaselineImbalancedLoss
-from xilsweep.losses.cdep import CDEPLoss, cdep_penalty, contextual_decomposition
-from xilsweep.losses.hint import HINTLoss, hint_penalty
-from xilsweep.losses.lagrangian import LagrangianLoss
-from xilsweep.losses.rbr import RBRLoss, influence_penalty
-from xilsweep.losses.rrr import RRRLoss, input_gradient_penalty
-from xilsweep.losses.rrr_g import RRRGLoss, gradcam, gradcam_penalty
+from xilsweep.losses.base import METHODS, Batch, MaskPenalty, Method, Step
 
-__all__ = [
-    "LOSSES",
-    "XILLoss",
-    "as_labels",
-    "split_cross_entropy",
-    "BaselineBalancedLoss",
-    "BaselineImbalancedLoss",
-    "LagrangianLoss",
-    "RRRLoss",
-    "input_gradient_penalty",
-    "RRRGLoss",
-    "gradcam",
-    "gradcam_penalty",
-    "RBRLoss",
-    "influence_penalty",
-    "HINTLoss",
-    "hint_penalty",
-    "CDEPLoss",
-    "cdep_penalty",
-    "contextual_decomposition",
-]
+for module in pkgutil.iter_modules(__path__):  # importing a method's module registers it
+    importlib.import_module(f"{__name__}.{module.name}")
 
-# Every loss a config can choose (conf/loss/), in the order the docs list them.
-LOSSES = (BaselineBalancedLoss, BaselineImbalancedLoss, LagrangianLoss, RRRLoss, RRRGLoss, RBRLoss, HINTLoss, CDEPLoss)
+__all__ = ["METHODS", "Batch", "MaskPenalty", "Method", "Step"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from xilsweep.losses.base import XILLoss, require_number, split_cross_entropy
+from xilsweep.losses.base import Method, cross_entropy, named_losses, require_number
 
 
-class BaselineBalancedLoss(XILLoss):
+class Balanced(Method):
     """``L = CE(confounded) + lam * CE(corrected)``."""
 
     name = "balanced"
@@ -15,19 +15,21 @@ class BaselineBalancedLoss(XILLoss):
         require_number("lam", lam)
         self.lam = float(lam)
 
-    def forward(self, logits, targets, is_corrected):
-        _, conf, corr = split_cross_entropy(logits, targets, is_corrected)
-        return conf + self.lam * corr, conf, corr
+    def objective(self, model, batch):
+        logits = model(batch.x)
+        total, conf, corr = cross_entropy(logits, batch, "balanced", self.lam)
+        return logits, total, named_losses(total, conf, corr)
 
     def hparams(self) -> dict:
-        return {"lambda": self.lam}
+        return {"lam": self.lam}
 
 
-class BaselineImbalancedLoss(XILLoss):
+class Imbalanced(Method):
     """``L = CE(full batch)``; the parts are reported for information only."""
 
     name = "imbalanced"
 
-    def forward(self, logits, targets, is_corrected):
-        per_sample, conf, corr = split_cross_entropy(logits, targets, is_corrected)
-        return per_sample.mean(), conf.detach(), corr.detach()
+    def objective(self, model, batch):
+        logits = model(batch.x)
+        total, conf, corr = cross_entropy(logits, batch, "imbalanced")
+        return logits, total, named_losses(total, conf, corr)

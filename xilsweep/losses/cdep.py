@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xilsweep.errors import SettingError, require
-from xilsweep.losses.rrr import RRRLoss
+from xilsweep.losses.base import MaskPenalty
 from xilsweep.models import Normalize
 
 CD_LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout)
@@ -87,8 +87,8 @@ def cdep_penalty(model, x: torch.Tensor, mask: torch.Tensor):
     return rel + irrel, (masked_share * has_feedback).sum() / len(x)
 
 
-class CDEPLoss(RRRLoss):
-    """CDEP: ``base loss + lam * cdep_penalty``; settings as RRR. Needs a model
+class CDEP(MaskPenalty):
+    """CDEP: ``base loss + lam * cdep_penalty``. Needs a model
     with ``layers()`` (ConvNet, MLP) made of the layer types ``propagate`` knows."""
 
     name = "cdep"
@@ -105,6 +105,6 @@ class CDEPLoss(RRRLoss):
             "a model with layers() (model=cnn, lenet, cnn_examples or mlp) for loss=cdep",
         )
 
-    def penalty(self, model, x, targets, mask):
+    def penalty(self, model, batch):
         self.check(model)
-        return cdep_penalty(model, x, mask)
+        return cdep_penalty(model, batch.x, batch.mask)

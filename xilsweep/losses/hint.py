@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from xilsweep.errors import require, require_choice
-from xilsweep.losses.base import as_labels
-from xilsweep.losses.rrr import RRRLoss
+from xilsweep.losses.base import MaskPenalty, as_labels
 from xilsweep.losses.rrr_g import gradcam, require_conv
 
 RELEVANT_REGIONS = ("ink",)
@@ -34,8 +33,8 @@ def hint_penalty(model, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tens
     return logits, (per_image * has_feedback).sum() / len(x)
 
 
-class HINTLoss(RRRLoss):
-    """HINT: ``base loss + lam * hint_penalty``; base settings as RRR.
+class HINT(MaskPenalty):
+    """HINT: ``base loss + lam * hint_penalty``.
 
     ``relevant_region`` says where the relevant-region mask comes from:
     ``ink``, the image's pixels above ``ink_threshold`` outside the confounder
@@ -66,9 +65,9 @@ class HINTLoss(RRRLoss):
     def check(self, model) -> None:
         require_conv(model, self.name)
 
-    def penalty(self, model, x, targets, mask):
+    def penalty(self, model, batch):
         self.check(model)
-        return hint_penalty(model, x, targets, mask, ink(x, mask, self.ink_threshold))
+        return hint_penalty(model, batch.x, batch.targets, batch.mask, ink(batch.x, batch.mask, self.ink_threshold))
 
     def hparams(self) -> dict:
         return {**super().hparams(), "relevant_region": self.relevant_region, "ink_threshold": self.ink_threshold}

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import cooper
 import torch
 
 from xilsweep.errors import require
-from xilsweep.losses.base import XILLoss, require_number, split_cross_entropy
+from xilsweep.losses.base import Batch, Method, Step, named_losses, require_number, split_cross_entropy
 
 
 class CorrectedCrossEntropyCMP(cooper.ConstrainedMinimizationProblem):
@@ -21,9 +19,9 @@ class CorrectedCrossEntropyCMP(cooper.ConstrainedMinimizationProblem):
             cooper.ConstraintType.INEQUALITY, formulation_type=cooper.formulations.Lagrangian, multiplier=multiplier
         )
 
-    def compute_cmp_state(self, model, x, targets, is_corrected) -> cooper.CMPState:
-        logits = model(x)
-        _, confounded, corrected = split_cross_entropy(logits, targets, is_corrected)
+    def compute_cmp_state(self, model, batch: Batch) -> cooper.CMPState:
+        logits = model(batch.x)
+        _, confounded, corrected = split_cross_entropy(logits, batch)
         violation = (corrected - self.eps).reshape(1)
         return cooper.CMPState(
             loss=confounded,
@@ -32,12 +30,13 @@ class CorrectedCrossEntropyCMP(cooper.ConstrainedMinimizationProblem):
         )
 
 
-class LagrangianLoss(XILLoss):
+class Lagrangian(Method):
     """Minimise CE(confounded) subject to CE(corrected) <= eps, by gradient
     descent on the model and projected gradient ascent (SGD, ``dual_lr``) on
-    the multiplier; the update itself is ``PrimalDualStep``.
+    the multiplier, which this module holds (so checkpoints keep it).
 
-    ``total`` is the Lagrangian ``CE(confounded) + multiplier * (CE(corrected) - eps)``.
+    ``total`` is the Lagrangian ``CE(confounded) + multiplier * (CE(corrected) - eps)``;
+    each step also reports the constraint's violation ``CE(corrected) - eps``.
     """
 
     name = "lagrangian"
@@ -55,69 +54,39 @@ class LagrangianLoss(XILLoss):
         self.eps, self.dual_lr = float(eps), float(dual_lr)
         self.multiplier = cooper.multipliers.DenseMultiplier(init=torch.tensor([float(multiplier_init)]))
         self.cmp = CorrectedCrossEntropyCMP(self.eps, self.multiplier)
-        self._violations: list[torch.Tensor] = []
 
-    def forward(self, logits, targets, is_corrected):
-        """The Lagrangian at the current multiplier (no dual step)."""
-        _, conf, corr = split_cross_entropy(logits, targets, is_corrected)
-        return conf + self.multiplier().detach().squeeze() * (corr - self.eps), conf, corr
+    def objective(self, model, batch):
+        """The Lagrangian at the current multiplier (what ``update`` steps on after its dual step)."""
+        logits = model(batch.x)
+        _, conf, corr = split_cross_entropy(logits, batch)
+        total = conf + self.multiplier().detach().squeeze() * (corr - self.eps)
+        return logits, total, named_losses(total, conf, corr, {"Lagrangian/violation": corr - self.eps})
 
-    def wrap_optimizer(self, optimizer, grad_clip: float | None = None) -> "PrimalDualStep":
-        return PrimalDualStep(self, optimizer, grad_clip)
+    def update(self, model, batch, optimizer) -> Step:
+        """One ``roll`` of cooper's AlternatingDualPrimalOptimizer: forward pass, dual
+        step (projected to multiplier >= 0), then the primal step with the updated
+        multiplier. Cooper's docs: alternating updates converge better than
+        simultaneous ones, and the dual-first order costs no extra forward pass.
 
-    def record_violation(self, violation: torch.Tensor) -> None:
-        self._violations.append(violation.detach())
+        The dual optimiser is built for each step: SGD without momentum has no state,
+        so nothing is lost, and the multiplier stays the method's only state."""
+        dual = torch.optim.SGD(self.cmp.dual_parameters(), lr=self.dual_lr, maximize=True)
+        primal_dual = cooper.optim.AlternatingDualPrimalOptimizer(
+            cmp=self.cmp, primal_optimizers=optimizer, dual_optimizers=dual
+        )
+        rollout = primal_dual.roll(compute_cmp_state_kwargs={"model": model, "batch": batch})
+        state = rollout.cmp_state
+        violation = state.observed_constraints[self.cmp.corrected_ce].violation.squeeze()
+        losses = named_losses(
+            rollout.primal_lagrangian_store.lagrangian,
+            state.loss,
+            state.misc["corrected"],
+            {"Lagrangian/violation": violation},
+        )
+        return Step(state.misc["logits"], losses)
 
-    def epoch_metrics(self) -> dict:
-        violation = torch.cat(self._violations).mean().item() if self._violations else math.nan
-        self._violations = []
-        return {
-            "Lagrangian/multiplier": self.multiplier.weight.item(),
-            "Lagrangian/violation": violation,
-            "Lagrangian/epsilon": self.eps,
-        }
+    def state_metrics(self) -> dict:
+        return {"Lagrangian/multiplier": self.multiplier.weight.item(), "Lagrangian/epsilon": self.eps}
 
     def hparams(self) -> dict:
-        return {"epsilon": self.eps, "dual_lr": self.dual_lr}
-
-
-class PrimalDualStep:
-    """The update ``train_one_epoch`` runs for the Lagrangian loss: one
-    ``roll`` of cooper's AlternatingDualPrimalOptimizer (forward pass, dual
-    step projected to multiplier >= 0, then the primal step with the updated
-    multiplier). Cooper's docs: alternating updates converge better than
-    simultaneous ones, and the dual-first order costs no extra forward pass."""
-
-    def __init__(self, loss: LagrangianLoss, primal, grad_clip: float | None = None):
-        self.loss = loss
-        dual = torch.optim.SGD(loss.cmp.dual_parameters(), lr=loss.dual_lr, maximize=True)
-        self.optimizer = cooper.optim.AlternatingDualPrimalOptimizer(
-            cmp=loss.cmp, primal_optimizers=primal, dual_optimizers=dual
-        )
-        if grad_clip:
-            params = [p for group in primal.param_groups for p in group["params"]]
-
-            def clip(*_) -> None:  # a step pre-hook must return None (clip_grad_norm_ returns the norm)
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-
-            primal.register_step_pre_hook(clip)
-
-    def train_step(self, model, x, targets, is_corrected, mask):
-        """``(logits, (lagrangian, confounded_part, corrected_part))`` after one update."""
-        rollout = self.optimizer.roll(
-            compute_cmp_state_kwargs={"model": model, "x": x, "targets": targets, "is_corrected": is_corrected}
-        )
-        state = rollout.cmp_state
-        self.loss.record_violation(state.observed_constraints[self.loss.cmp.corrected_ce].violation)
-        return state.misc["logits"], (
-            rollout.primal_lagrangian_store.lagrangian.detach(),
-            state.loss.detach(),
-            state.misc["corrected"].detach(),
-        )
-
-    def state_dict(self) -> dict:
-        """Primal and dual optimiser states (the multiplier is in the loss's state_dict)."""
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+        return {"eps": self.eps, "dual_lr": self.dual_lr}

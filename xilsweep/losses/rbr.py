@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xilsweep.losses.base import as_labels
-from xilsweep.losses.rrr import RRRLoss
+from xilsweep.losses.base import MaskPenalty, as_labels
 
 
 def influence_penalty(model, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
@@ -31,8 +30,8 @@ def influence_penalty(model, x: torch.Tensor, targets: torch.Tensor, mask: torch
     return logits, (influence * saliency * mask).pow(2).sum() / len(x)
 
 
-class RBRLoss(RRRLoss):
-    """RBR: ``base loss + lam * influence_penalty`` over the masks the batch carries; settings as RRR."""
+class RBR(MaskPenalty):
+    """RBR: ``base loss + lam * influence_penalty``."""
 
     name = "rbr"
     tag = "RBR"
@@ -40,5 +39,5 @@ class RBRLoss(RRRLoss):
     def __init__(self, lam: float = 10.0, base: str = "balanced", base_lam: float = 1.0):
         super().__init__(lam, base, base_lam)
 
-    def penalty(self, model, x, targets, mask):
-        return influence_penalty(model, x, targets, mask)
+    def penalty(self, model, batch):
+        return influence_penalty(model, batch.x, batch.targets, batch.mask)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from xilsweep.errors import require
-from xilsweep.losses.rrr import RRRLoss
+from xilsweep.losses.base import MaskPenalty
 
 
 def require_conv(model, loss: str) -> None:
@@ -52,9 +52,8 @@ def gradcam_penalty(model, x: torch.Tensor, mask: torch.Tensor):
     return logits, (scaled.pow(2) * masked_share).sum() / len(x)
 
 
-class RRRGLoss(RRRLoss):
-    """RRR-G: ``base loss + lam * gradcam_penalty`` over the masks the batch
-    carries; settings as RRR. Needs a model with a convolution."""
+class RRRG(MaskPenalty):
+    """RRR-G: ``base loss + lam * gradcam_penalty``. Needs a model with a convolution."""
 
     name = "rrr_g"
     tag = "RRR-G"
@@ -65,6 +64,6 @@ class RRRGLoss(RRRLoss):
     def check(self, model) -> None:
         require_conv(model, self.name)
 
-    def penalty(self, model, x, targets, mask):
+    def penalty(self, model, batch):
         self.check(model)
-        return gradcam_penalty(model, x, mask)
+        return gradcam_penalty(model, batch.x, batch.mask)
