@@ -9,7 +9,8 @@ import subprocess
 import pytest
 import torch
 
-from helpers import TINY, run_xilsweep
+from helpers import TINY, job_config, run_xilsweep
+from xilsweep.run import run_job
 
 
 def test_checkpoint_from_a_different_model_is_reported(data_root, tmp_path):
@@ -81,24 +82,24 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(read_only, data_roo
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_a_read_only_data_root_with_a_complete_cache_runs(read_only, data_root, tmp_path):
+def test_a_read_only_data_root_with_a_complete_cache_runs_and_files_follow_the_umask(
+    read_only, data_root, tmp_path, caplog
+):
+    """In-process: a job fills a data root's caches, then a job on a read-only view of it runs.
+    The files the first wrote are readable as the user's umask allows (a lab's shared folder)."""
     source, view = read_only
     shutil.copytree(data_root, source, dirs_exist_ok=True)
-    first = run_xilsweep([*TINY, f"data.root={source}", f"hydra.run.dir={tmp_path / 'first'}"], tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    for cached in source.rglob("reasons_*.json"):  # the references' figures too are recomputed, not written
-        cached.unlink()
-    second = run_xilsweep([*TINY, f"data.root={view}", f"hydra.run.dir={tmp_path / 'second'}"], tmp_path)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "the reference figures are not cached" in second.stdout + second.stderr
-    assert json.loads((tmp_path / "second" / "metrics.json").read_text())["status"] == "done"
-
-
-def test_result_files_are_readable_as_the_umask_allows(data_root, tmp_path):
-    out = tmp_path / "job"
-    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    first = tmp_path / "first"
+    first.mkdir()
+    run_job(job_config(TINY, source), first)
     mask = os.umask(0)
     os.umask(mask)
-    for path in (out / "metrics.json", out / "model.pth", *data_root.rglob("*.pth")):
+    for path in (first / "metrics.json", first / "model.pth", *source.rglob("*.pth"), *source.rglob("reasons_*")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+    for cached in source.rglob("reasons_*.json"):  # the references' figures too are recomputed, not written
+        cached.unlink()
+    second = tmp_path / "second"
+    second.mkdir()
+    run_job(job_config(TINY, view), second)
+    assert "the reference figures are not cached" in caplog.text
+    assert json.loads((second / "metrics.json").read_text())["status"] == "done"
