@@ -10,6 +10,7 @@ from helpers import TINY, comparable, job_config, job_metrics, run_job_dir, run_
 from xilsweep.data import ConfoundedMNIST08
 from xilsweep.errors import DataError
 from xilsweep.files import read_checked
+from xilsweep.pretrain import cached_figures
 from xilsweep.resume import finished_record
 
 
@@ -114,3 +115,29 @@ def test_damaged_confounded_model_is_rebuilt(data_root, tmp_path):
     second = run_job_dir(data_root, tmp_path / "b")
     assert second["confounded"]["test_accuracy"] == first["confounded"]["test_accuracy"]
     read_checked(path)
+
+
+@pytest.mark.parametrize("damage", ["edited value", "truncated", "other figures"])
+def test_damaged_or_stale_reference_figures_are_named_and_recomputed(damage, tmp_path, caplog):
+    """The references' cached figures (reasons_*.json) carry a checksum and the figures' key:
+    an edited value, a cut file or a cache made for other figures is reported and recomputed."""
+    reference = {"settings": {"seed": 0}, "path": str(tmp_path / "model_confounded.pth")}
+    meta = {"explainer": {"target": "label"}, "figures": [["dot_flip_rate", 1]]}
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"full": {"dot_flip_rate": 0.9}, "monitored": {"dot_flip_rate": 0.8}}
+
+    assert cached_figures(reference, meta, compute)["full"]["dot_flip_rate"] == 0.9 and len(calls) == 1
+    [path] = tmp_path.glob("reasons_*.json")
+    assert cached_figures(reference, meta, compute)["full"]["dot_flip_rate"] == 0.9 and len(calls) == 1  # read back
+    if damage == "edited value":
+        path.write_text(path.read_text().replace("0.9", "0.5"))
+    elif damage == "truncated":
+        path.write_text(path.read_text()[:40])
+    else:
+        meta = {**meta, "figures": [*meta["figures"], ["new_figure", 1]]}
+    figures = cached_figures(reference, meta, compute)
+    assert figures["full"]["dot_flip_rate"] == 0.9 and len(calls) == 2  # recomputed, not the damaged value
+    assert ("damaged" in caplog.text and str(path) in caplog.text) or damage == "other figures"
