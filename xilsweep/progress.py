@@ -102,13 +102,20 @@ def with_interpolating(varied: list[str], values: dict[str, object]) -> list[str
     ]
 
 
+def differing_keys(settings: list[dict]) -> list[str]:
+    """The keys whose values differ between the dicts ``settings`` (absent counts as a value),
+    in first-seen order: what a sweep varies, from its jobs' overrides."""
+    keys = dict.fromkeys(key for job in settings for key in job)
+    unset = object()
+    return [key for key in keys if len({repr(job.get(key, unset)) for job in settings}) > 1]
+
+
 def varied_keys(jobs: list[list[str]]) -> list[str]:
     """The config keys whose values differ between the jobs (or that only some set), and those
     set to an interpolation of one of them."""
     settings = [{o.key_or_group: o.value() for o in map(parsed, job)} for job in jobs]
     values = {key: value for job in settings for key, value in job.items()}
-    differing = [key for key in values if len({repr(job.get(key, "<unset>")) for job in settings}) > 1]
-    return with_interpolating(differing, values)
+    return with_interpolating(differing_keys(settings), values)
 
 
 def search_space(lines: list[str]) -> list[str]:

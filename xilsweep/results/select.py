@@ -15,6 +15,7 @@ import json
 import pandas as pd
 
 from xilsweep import metrics
+from xilsweep.progress import differing_keys
 from xilsweep.results.collect import SEED, STOP_SCORE, VAL_LOSS, Job, stop_rule
 
 # The settings the guide's questions are about.
@@ -32,8 +33,7 @@ STOP_RULES = {
 
 def varied_keys(jobs: list[Job]) -> list[str]:
     """Override keys whose value differs between jobs (absent counts as a value), in first-seen order."""
-    keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
-    return [k for k in keys if len({repr(job.overrides.get(k)) for job in jobs}) > 1]
+    return differing_keys([job.overrides for job in jobs])
 
 
 def with_method_weights(jobs: list[Job]) -> list[Job]:
