@@ -36,11 +36,46 @@ def xilsweep_cli():
     return run_xilsweep
 
 
-# Files whose tests mostly wait (on SLURM's time limits, a study's heartbeats, a Ray head):
-# collected first, so that pytest-xdist (with --no-loadscope-reorder, see the Makefile) starts
-# them while other workers run the busy files.
-WAITING_FILES = ("test_slurm.py", "test_cluster_optuna.py", "test_ray.py")
+@pytest.fixture
+def plots_not_rendered(monkeypatch):
+    """A report's plots drawn and their files named, but not rendered to PNG (most of a
+    report's time), for tests that read its text and tables; test_report.py's
+    test_report_tables_one_row_per_job_and_mean_std_n_over_seeds renders them."""
+    from xilsweep.results import curves, plots
+
+    def save(fig, path: Path) -> None:
+        plots.plt.close(fig)
+        path.touch()
+
+    monkeypatch.setattr(plots, "save", save)
+    monkeypatch.setattr(curves, "save", save)
+
+
+# The slowest files, slowest first (seconds of a full run, with their waits on SLURM, a study's
+# heartbeats or a Ray head): pytest-xdist (with --no-loadscope-reorder, see the Makefile) hands
+# whole files to the workers in this order, so the files left for the end are short ones and
+# the workers finish together. The other files follow in collection order.
+SLOW_FILES = (
+    "test_slurm.py",
+    "test_resume.py",
+    "test_experiments.py",
+    "test_cluster_optuna.py",
+    "test_search.py",
+    "test_reliability.py",
+    "test_report.py",
+    "test_ray.py",
+    "test_bench.py",
+    "test_bad_input.py",
+    "test_zoo.py",
+    "test_reliance.py",
+    "test_readme.py",
+    "test_tensorboard.py",
+    "test_lifetime.py",
+    "test_explain.py",
+    "test_run.py",
+)
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in WAITING_FILES)  # stable: order kept otherwise
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: order kept otherwise

@@ -60,3 +60,16 @@ def test_cuda_mode_without_a_gpu_stops_with_one_line(tmp_path):
     )
     assert result.returncode == 2 and not out.exists()
     assert "--device cuda: no CUDA GPU is visible here" in result.stderr
+
+
+def test_method_cost_benchmark_times_every_method_against_balanced(data_root, monkeypatch, capsys):
+    """In process (its imports are the suite's): one step per method, every method's row and the targets."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import methods
+
+    monkeypatch.setattr(sys, "argv", ["methods.py", "--steps=1", "--repeats=1", f"--root={data_root}"])
+    methods.main()
+    printed = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in printed.splitlines() if line.startswith("| ")}
+    assert set(methods.METHODS) <= set(rows) and rows["balanced"].rstrip().endswith("| 1.00 |")
+    assert all(f"target {name} <= " in printed for name in methods.TARGETS)

@@ -105,16 +105,16 @@ def test_workers_started_together_on_an_empty_postgres_share_one_study(postgres,
         for process in workers:
             finish(process)
         two_workers = time.monotonic() - began
-        resumed = worker(postgres, tmp_path / "resumed", data_root, 3)  # the same study, grown later
+        resumed = worker(postgres, tmp_path / "resumed", data_root, 1)  # the same study, grown later
         finish(resumed)
     finally:
         for process in workers:
             process.kill()
     study = optuna.load_study(study_name=STUDY, storage=postgres)
     trials = study.trials
-    assert sorted(t.number for t in trials) == list(range(9))  # none lost, none run twice
+    assert sorted(t.number for t in trials) == list(range(7))  # none lost, none run twice
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert [len(trials_of(tmp_path / name, trials)) for name in ("first", "second", "resumed")] == [3, 3, 3]
+    assert [len(trials_of(tmp_path / name, trials)) for name in ("first", "second", "resumed")] == [3, 3, 1]
     # The best trial as the last worker and a fresh reader see it, over every worker's trials.
     assert best_reported(tmp_path / "resumed")["best_value"] == study.best_value == max(t.value for t in trials)
     assert best_reported(tmp_path / "resumed")["best_params"] == study.best_params

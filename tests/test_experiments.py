@@ -74,10 +74,11 @@ def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lam():
 
 # The weights the method comparisons ran each penalty at when their grids still wrote them out
 # (docs/methods.md, "Tuned weights" and "Decoy-MNIST"); the registry must give every job the same.
-GRID_WEIGHTS = {
-    ("compare_methods", "cnn"): {"rrr": 100.0, "rrr_g": 10.0, "rbr": 1.0, "hint": 1000.0, "cdep": 1.0},
-    ("compare_methods_decoy", "mlp_wide"): {"rrr": 1.0, "rbr": 100.0, "cdep": 1000.0},
-    ("compare_methods_decoy", "cnn"): {"rrr": 10.0, "rrr_g": 100.0, "rbr": 10.0, "hint": 1000.0, "cdep": 1e5},
+# (experiment, model option) -> the tuned settings' key (data set name, model class name)
+TUNED_FOR = {
+    ("compare_methods", "cnn"): ("mnist08", "ConvNet"),
+    ("compare_methods_decoy", "mlp_wide"): ("decoy_mnist", "MLP"),
+    ("compare_methods_decoy", "cnn"): ("decoy_mnist", "ConvNet"),
 }
 GROUP_CHOICES = ("model", "loss", "pool.correction")
 
@@ -98,7 +99,7 @@ def experiment_jobs(name: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("name", ["compare_methods", "compare_methods_decoy"])
-def test_method_comparisons_give_every_job_the_weight_its_grid_used_to_write(name):
+def test_method_comparisons_give_every_penalty_the_weight_tuned_for_its_data_and_model(name):
     """Composed once per distinct set of group choices: the jobs differ from it only in
     pool.size and seed, which the weight does not read."""
     weights = {}
@@ -110,12 +111,13 @@ def test_method_comparisons_give_every_job_the_weight_its_grid_used_to_write(nam
             method = build_method(compose_config(job))  # what the job fine-tunes with
             weights[key] = getattr(method, "lam", None)
     for (model, loss, _), lam in weights.items():
-        expected = GRID_WEIGHTS[name, model or "cnn"].get(loss, 1.0 if loss == "balanced" else None)
+        tuned = TUNED[TUNED_FOR[name, model or "cnn"]]
+        expected = tuned[loss]["lam"] if loss in tuned else (1.0 if loss == "balanced" else None)
         assert lam == expected, (model, loss)
     penalties = {
         (model or "cnn", loss) for model, loss, _ in weights if loss not in ("balanced", "imbalanced", "lagrangian")
     }
-    assert penalties == {(model, loss) for (n, model), by_loss in GRID_WEIGHTS.items() if n == name for loss in by_loss}
+    assert penalties == {(model, loss) for (n, model), key in TUNED_FOR.items() if n == name for loss in TUNED[key]}
 
 
 def test_a_loss_defaults_to_the_weight_tuned_for_the_data_and_model_and_a_given_weight_wins():

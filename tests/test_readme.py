@@ -31,18 +31,29 @@ def test_the_readme_has_its_commands():
     assert any("-m" in args for args in COMMANDS)  # the first sweep
 
 
+@pytest.fixture(scope="module")
+def ran() -> dict:
+    """The folder each distinct command ran in: the README gives some commands twice (as
+    ``python -m xilsweep.run`` and as ``make run``), and the same arguments run once."""
+    return {}
+
+
 @pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(args) for args in COMMANDS])
-def test_every_readme_command_runs_on_tiny_settings(args, data_root, tmp_path):
-    # one seed and the in-process launcher keep the README's sweep to seconds; its spelling is kept
-    kept = [a for a in args if not a.startswith(("seed=", "hydra/launcher="))]
-    where = f"hydra.sweep.dir={tmp_path / 'sweep'}" if "-m" in args else f"hydra.run.dir={tmp_path / 'job'}"
-    result = run_xilsweep([*kept, *TINY, f"data.root={data_root}", where], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_every_readme_command_runs_on_tiny_settings(args, data_root, tmp_path, ran):
+    folder = ran.get(tuple(args))
+    if folder is None:
+        folder = tmp_path
+        # one seed and the in-process launcher keep the README's sweep to seconds; its spelling is kept
+        kept = [a for a in args if not a.startswith(("seed=", "hydra/launcher="))]
+        where = f"hydra.sweep.dir={folder / 'sweep'}" if "-m" in args else f"hydra.run.dir={folder / 'job'}"
+        result = run_xilsweep([*kept, *TINY, f"data.root={data_root}", where], folder)
+        assert result.returncode == 0, result.stderr[-2000:]
+        ran[tuple(args)] = folder
     if "-m" in args:
         report = subprocess.run(
-            [sys.executable, "-m", "xilsweep.report", str(tmp_path / "sweep")], capture_output=True, text=True, cwd=REPO
+            [sys.executable, "-m", "xilsweep.report", str(folder / "sweep")], capture_output=True, text=True, cwd=REPO
         )
         assert report.returncode == 0, report.stderr[-2000:]
         assert "## Does the model still rely on the confounder?" in report.stdout
     else:
-        assert (tmp_path / "job" / "metrics.json").exists()
+        assert (folder / "job" / "metrics.json").exists()

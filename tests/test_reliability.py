@@ -108,11 +108,11 @@ def test_damaged_cache_is_detected_and_rebuilt(damage, data_root, tmp_path, capl
     read_checked(path)
 
 
-def test_damaged_confounded_model_is_rebuilt(data_root, tmp_path):
-    first = run_job_dir(data_root, tmp_path / "a")
+def test_damaged_confounded_model_is_rebuilt(finished_job, data_root, tmp_path):
+    _, first = finished_job  # a job of the same settings, which cached the confounded model
     path = Path(first["confounded"]["path"])
     path.write_bytes(path.read_bytes()[:100])
-    second = run_job_dir(data_root, tmp_path / "b")
+    second = run_job_dir(data_root, tmp_path / "job")
     assert second["confounded"]["test_accuracy"] == first["confounded"]["test_accuracy"]
     read_checked(path)
 

@@ -13,10 +13,11 @@ from torch import nn
 
 from helpers import TINY
 from xilsweep.data import Confounder, load_mnist
+from xilsweep.gradcam import align_to_input, receptive_field
 from xilsweep.metrics import shortcut_removed
 from xilsweep.models import ConvNet
 from xilsweep.pretrain import Pretraining
-from xilsweep.reasons import InputGradients, align_to_input, receptive_field
+from xilsweep.reasons import InputGradients
 from xilsweep.training import Trainer
 
 

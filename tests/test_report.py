@@ -130,7 +130,7 @@ def test_report_tables_one_row_per_job_and_mean_std_n_over_seeds(grid_sweep):
     assert "**Learning rate:** not enough data" in text
 
 
-def test_report_answers_balanced_vs_imbalanced_paired_by_seed_at_each_pool_size(grid_sweep):
+def test_report_answers_balanced_vs_imbalanced_paired_by_seed_at_each_pool_size(grid_sweep, plots_not_rendered):
     """Each loss at its setting chosen by the stopping score (λ for balanced), the difference of
     the clean test accuracy paired by seed, at each pool size."""
     text = write_report(grid_sweep)
@@ -152,7 +152,7 @@ def test_report_answers_balanced_vs_imbalanced_paired_by_seed_at_each_pool_size(
     assert "**Pool size**" in text and "not enough data" not in text.split("**Pool size**")[1]
 
 
-def test_failing_jobs_leave_the_sweep_running_and_show_as_failed(failing_sweep):
+def test_failing_jobs_leave_the_sweep_running_and_show_as_failed(failing_sweep, plots_not_rendered):
     sweep, result = failing_sweep
     assert result.returncode != 0  # Hydra reports the failures at the end
     folders = job_folders(sweep)
@@ -196,7 +196,7 @@ def test_validation_ties_go_to_the_lower_validation_loss():
     assert "(mean over seeds): best loss.lam = 0.5 " in answer_lambda(older, ["loss.lam"], rule)  # first wins
 
 
-def test_report_reads_older_interrupted_and_running_jobs(grid_sweep, tmp_path):
+def test_report_reads_older_interrupted_and_running_jobs(grid_sweep, tmp_path, plots_not_rendered):
     sweep = tmp_path / "sweep"
     sources = job_folders(grid_sweep)[:4]
     for source in sources:
@@ -362,7 +362,7 @@ def markdown_rows(text: str, section: str) -> list[dict]:
     return [dict(zip(names, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
 
 
-def test_a_figure_added_to_the_specs_reaches_every_table(grid_sweep, tmp_path, monkeypatch):
+def test_a_figure_added_to_the_specs_reaches_every_table(grid_sweep, tmp_path, monkeypatch, plots_not_rendered):
     """Adding a figure is one function and one spec: the report's tables show it, with its
     label and style, the references' rows too, without a change to the report's code."""
     sweep = tmp_path / "sweep"

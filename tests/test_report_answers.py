@@ -28,6 +28,10 @@ REFERENCES = {  # the same pair of reference figures for every seed
 }
 
 
+# the answers are in the text and tables: the plots are drawn, not rendered (conftest.py)
+pytestmark = pytest.mark.usefixtures("plots_not_rendered")
+
+
 def record(overrides: dict, seed: int, flip: float | None, stop_on: str = "clean", **figures) -> dict:
     """A finished job's metrics.json: its overrides (and config), the corrected model's figures
     (``flip``: its dot flip rate; None on data without one) read against ``REFERENCES``."""
@@ -246,3 +250,16 @@ def test_without_a_flip_rate_the_dotted_accuracy_is_read(tmp_path, monkeypatch):
     assert rows["rrr"]["shortcut removed (dotted accuracy)"].startswith("0.9")
     pair = table_rows(text, "balanced: chosen")[0]  # its last verdict column: the dotted accuracy's
     assert pair["dotted test acc %, difference"] == "+10.00 [+10.00, +10.00]" and pair["verdict"] == "ahead (2 seeds)"
+
+
+def test_a_method_without_the_plotted_figure_draws_no_line(tmp_path, monkeypatch):
+    """A sweep under way where one method has no value of the figure yet: the others' lines are
+    drawn, the method without it none (it once failed the whole report)."""
+    jobs = [record({"loss": "rrr", "loss.lam": lam}, seed, 0.5 / lam) for lam in (1, 10) for seed in (0, 1)]
+    jobs += [record({"loss": "rbr", "loss.lam": lam}, 0, None) for lam in (1, 10)]  # no dot flip rate
+    found = find_jobs(write_sweep(tmp_path / "sweep", jobs))
+    varied = varied_keys(found)
+    table = job_table(found, varied)
+    data = PlotData(table, summary_table(table, varied), varied, searched_keys(table, varied, False), [])
+    lines, _ = drawn_lines(monkeypatch, data, "loss.lam", "dot_flip_rate", tmp_path)
+    assert [line.get_label().split(" ")[0] for line in lines] == ["rrr"]

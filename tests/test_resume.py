@@ -17,7 +17,7 @@ from xilsweep.files import read_checked
 
 LONG = [
     "data.n_train=1200",
-    "trainer.max_epochs=6",
+    "trainer.max_epochs=4",  # killed after epoch 2, resumed for the last two
     "trainer.patience=10",
     "pool.size=20",
     "pretrain.epochs=1",

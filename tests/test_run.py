@@ -117,6 +117,12 @@ def test_run_names_round_floats_to_four_significant_digits():
     assert run_name(0.001, "rrr", 12.345678901234567, 10, 0) == "lr0.001_lossrrr_lam12.35_pool10_seed0"
     assert run_name(0.00012345678, "balanced", 1.0, 100, 3) == "lr0.0001235_lossbalanced_lam1.0_pool100_seed3"
     assert run_name(0.001, "lagrangian", None, 10, 0, "transplant") == "lr0.001_losslagrangian_pool10_transplant_seed0"
+    # feedback other than exact is named after the correction (random is also a correction: the prefix tells them apart)
+    assert run_name(0.001, "rrr", 1.0, 10, 0, "zero", "incomplete", 0.5, 1) == (
+        "lr0.001_lossrrr_lam1.0_pool10_feedbackincomplete0.5_seed0"
+    )
+    assert run_name(0.001, "rrr", 1.0, 10, 0, "random", "random", 0.5, 1).endswith("_random_feedbackrandom_seed0")
+    assert run_name(0.001, "rrr", 1.0, 10, 0, "zero", "exact", 0.3, 2) == "lr0.001_lossrrr_lam1.0_pool10_seed0"
 
 
 def test_the_last_line_of_a_job_says_how_it_stopped_and_flags_a_job_that_never_improved():

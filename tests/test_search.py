@@ -286,7 +286,7 @@ def test_method_comparisons_compose_every_job_and_cover_every_method(name, model
     assert seen == expected and len(jobs) == len(expected)  # every method at every setting, each once
 
 
-def test_compare_methods_runs_end_to_end_and_reports_one_row_per_method(data_root, tmp_path):
+def test_compare_methods_runs_end_to_end_and_reports_one_row_per_method(data_root, tmp_path, plots_not_rendered):
     """Tiny settings, one seed and one pool size (the whole sweep is composed above)."""
     sweep = tmp_path / "sweep"
     result = run_sweep([*FAST, "experiment=compare_methods", "pool.size=10", "seed=0"], sweep, data_root, timeout=600)

@@ -5,20 +5,26 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import LayerAttribution, LayerGradCam
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.func import functional_call, grad
+from torchvision import transforms
 
-from helpers import TINY
+from helpers import TINY, job_config
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.errors import SettingError
+from xilsweep.gradcam import gradcam, placed
+from xilsweep.job import resolved_settings
 from xilsweep.losses import Batch
 from xilsweep.losses.baseline import Balanced
 from xilsweep.losses.cdep import CDEP, cdep_penalty, contextual_decomposition
-from xilsweep.losses.hint import HINT, hint_penalty
+from xilsweep.losses.hint import HINT, hint_penalty, ink
 from xilsweep.losses.rbr import RBR, influence_penalty
 from xilsweep.losses.rrr_g import RRRG, gradcam_penalty
 from xilsweep.models import MLP, ConvNet
+from xilsweep.reasons import GradCAM
+from xilsweep.resume import refusal
 
 
 class TinyConv(nn.Module):
@@ -55,21 +61,65 @@ def batch(size: int, n: int = 5, seed: int = 1):
     return x, torch.tensor([0, 1, 2, 0, 1])[:n], mask
 
 
-# --- RRR-G ------------------------------------------------------------------
+# --- the XIL typology's GradCAM penalties, written independently with captum and torchvision ---
 
 
-def test_rrr_g_penalty_is_the_scaled_squared_gradcam_inside_the_pooled_mask():
-    model = TinyConv(size=8, kernel=5)  # 4x4 maps: each map cell pools a 2x2 block of the mask
-    x, targets, mask = batch(8)
+def typology_min_max(saliencies):
+    """The typology's ``norm_saliencies_fast``: in place, min subtracted, divided by max + 1e-6."""
+    a = saliencies.clone().view(len(saliencies), -1)
+    a -= a.min(1, keepdim=True)[0]
+    a /= a.max(1, keepdim=True)[0] + 1e-6
+    return a.view(saliencies.shape)
+
+
+def typology_rrr_g(model, x, mask):
+    """``RRRGradCamLoss.forward`` (reduction sum, divided by the batch): captum's unrectified
+    GradCAM of the predicted class, min-max scaled, the mask shrunk by ``transforms.Resize``."""
+    logits = model(x)
+    saliencies = LayerGradCam(model, model.last_conv).attribute(x, target=logits.argmax(1), relu_attributions=False)
+    norm = typology_min_max(saliencies)
+    expl = transforms.Resize(tuple(norm.shape[-2:]))(mask.float())
+    return (expl * norm).pow(2).sum() / len(x)
+
+
+def typology_hint(model, x, y, relevant, has_feedback):
+    """``HINTLoss.forward`` with ``upsample=True`` (as the typology's learner builds it), reduction
+    sum over the samples with feedback, divided by the batch: captum's unrectified GradCAM of the
+    true class, min-max scaled, then captum's interpolation to the input."""
+    saliencies = LayerGradCam(model, model.last_conv).attribute(x, target=y, relu_attributions=False)
+    up = LayerAttribution.interpolate(typology_min_max(saliencies), tuple(x.shape[-2:]))
+    per_pixel = F.mse_loss(up, relevant.float(), reduction="none")
+    return (per_pixel * has_feedback.view(-1, 1, 1, 1)).sum() / len(x)
+
+
+def parameter_gradient(model, value):
+    model.zero_grad()
+    value.backward()
+    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
+
+
+def dotted_eights(data, n=6):
+    """Training 8s with their dots (the confounder lies on background: the ink is the original's)."""
+    has_dots = data.train.mask.flatten(1).any(1)
+    chosen = torch.nonzero(has_dots).flatten()[:n]
+    return data.train.x[chosen], data.train.labels[chosen], data.train.mask[chosen]
+
+
+@pytest.mark.parametrize("make_model", [ConvNet, lambda: ConvNet(channels=[6, 16], kernel_size=5, pool=[True, True])])
+def test_rrr_g_penalty_and_its_gradient_are_the_typology_code_s(make_model, data):
+    x, _, mask = dotted_eights(data)
+    x, mask[0] = x.double(), False  # in double precision, one sample without feedback
+    torch.manual_seed(0)
+    model = make_model().double()
     logits, penalty = gradcam_penalty(model, x, mask)
-    cam = gradcam_by_hand(model, x, logits.argmax(1))
-    scaled = cam / cam.abs().amax(dim=(2, 3), keepdim=True)
-    share = mask.float().view(5, 1, 4, 2, 4, 2).mean(dim=(3, 5))
-    assert penalty.item() == pytest.approx(((scaled**2) * share).sum().item() / 5, rel=1e-5)
-    penalty.backward()  # the penalty trains the convolution
-    assert model.conv.weight.grad.abs().sum() > 0
+    expected = typology_rrr_g(model, x, mask)
+    assert expected > 0 and penalty.item() == pytest.approx(expected.item(), rel=1e-10)
+    assert torch.allclose(logits, model(x))
+    ours, theirs = parameter_gradient(model, penalty), parameter_gradient(model, typology_rrr_g(model, x, mask))
+    assert theirs.abs().sum() > 0 and torch.allclose(ours, theirs, rtol=1e-8, atol=1e-12)
+    x, model = x.float(), model.float()
 
-    method, mixed = RRRG(lam=3.0), Batch(x, targets, torch.tensor([False] * 3 + [True] * 2), mask)
+    method, mixed = RRRG(lam=3.0), Batch(x, data.train.targets[:6], torch.tensor([False] * 4 + [True] * 2), mask)
     logits, total, losses = method.objective(model, mixed)
     base = Balanced(1.0).objective(lambda _: logits, mixed)[1]
     assert total.item() == pytest.approx(base.item() + 3.0 * penalty.item(), rel=1e-5)
@@ -84,27 +134,45 @@ def test_gradcam_methods_refuse_a_model_without_a_convolution(method):
     assert err.value.key == "model" and "convolution" in str(err.value)
 
 
-# --- HINT -------------------------------------------------------------------
+def test_hint_penalty_and_its_gradient_are_the_typology_code_s(data):
+    x, labels, mask = dotted_eights(data)
+    mask[0] = False  # a sample without feedback
+    has_feedback = mask.flatten(1).any(1)
+    # the typology's relevant region: the original image's pixels above 1/255, here the digit
+    # before its dots were pasted in (found from the clean training image, not from the mask)
+    original = torch.where(mask, torch.zeros_like(x), x)
+    relevant = (original * 255).round() > 1
+    torch.manual_seed(0)
+    model, method = ConvNet().double(), HINT(lam=2.0)
+    logits, penalty = hint_penalty(model, x.double(), labels, mask, ink(x, mask, method.ink_threshold))
+    expected = typology_hint(model, x.double(), labels, relevant, has_feedback)
+    assert expected > 0 and penalty.item() == pytest.approx(expected.item(), rel=1e-10)
+    ours = parameter_gradient(model, penalty)
+    theirs = parameter_gradient(model, typology_hint(model, x.double(), labels, relevant, has_feedback))
+    assert theirs.abs().sum() > 0 and torch.allclose(ours, theirs, rtol=1e-8, atol=1e-12)
+    model = model.float()
 
-
-def test_hint_penalty_is_the_mse_of_the_true_class_gradcam_and_the_ink_on_samples_with_feedback():
-    model = TinyConv(size=6, kernel=3, padding=1)  # maps of the input's size: no resampling
-    x, targets, mask = batch(6)
-    ink = (x > 0.6) & ~mask
-    _, penalty = hint_penalty(model, x, targets, mask, ink)
-    cam = gradcam_by_hand(model, x, targets)
-    low, high = cam.amin(dim=(2, 3), keepdim=True), cam.amax(dim=(2, 3), keepdim=True)
-    per_image = ((cam - low) / (high - low) - ink.float()).pow(2).mean(dim=(1, 2, 3))
-    assert penalty.item() == pytest.approx(per_image[1:].sum().item() / 5, rel=1e-5)  # sample 0: no mask
-
-    method = HINT(lam=2.0, ink_threshold=0.6)
-    logits, total, losses = method.objective(model, Batch(x, targets, torch.zeros(5, dtype=torch.bool), mask))
-    assert total.item() == pytest.approx(F.cross_entropy(logits, targets).item() + 2.0 * penalty.item(), rel=1e-5)
+    logits, total, losses = method.objective(model, Batch(x, labels, torch.zeros(6, dtype=torch.bool), mask))
+    assert total.item() == pytest.approx(F.cross_entropy(logits, labels).item() + 2.0 * penalty.item(), rel=1e-5)
     assert set(losses) == {"total", "confounded", "corrected", "HINT/penalty"}
-    assert method.hparams()["relevant_region"] == "ink" and method.hparams()["ink_threshold"] == 0.6
+    assert method.hparams()["relevant_region"] == "ink" and method.hparams()["ink_threshold"] == 1 / 255
     with pytest.raises(SettingError) as err:
         HINT(relevant_region="not_the_mask")
     assert err.value.key == "relevant_region"
+
+
+def test_one_gradcam_serves_the_explainer_and_the_penalties(data):
+    """The explainer's maps are the penalties' maps, rectified and placed on their receptive
+    fields: captum's LayerGradCam gives the same maps on the layer."""
+    x, labels, _ = dotted_eights(data)
+    torch.manual_seed(0)
+    model = ConvNet()
+    _, maps = gradcam(model, x, labels)
+    assert torch.allclose(maps, LayerGradCam(model, model.last_conv).attribute(x, target=labels), atol=1e-6)
+    shown = GradCAM().attribute(model, x, labels)
+    assert torch.allclose(shown, placed(model, F.relu(maps), (28, 28)), atol=1e-6)
+    tiny, (x, classes, _) = TinyConv(size=8, kernel=5), batch(8)
+    assert torch.allclose(gradcam(tiny, x, classes)[1], gradcam_by_hand(tiny, x, classes), atol=1e-6)
 
 
 # --- RBR --------------------------------------------------------------------
@@ -118,7 +186,8 @@ def test_rbr_penalty_matches_a_per_sample_functional_computation():
     params = {k: v.detach() for k, v in model.named_parameters()}
 
     def summed_param_grad(xi, yi):
-        grads = grad(lambda p: F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None]))(params)
+        # the typology's RBRLoss differentiates the batch's mean cross-entropy: each sample's share is 1/B
+        grads = grad(lambda p: F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None]) / len(x))(params)
         return sum(g.sum() for g in grads.values())
 
     def summed_log_probs(xi):
@@ -148,26 +217,70 @@ def test_rbr_penalty_vanishes_for_a_linear_softmax_model():
 # --- CDEP -------------------------------------------------------------------
 
 
+def reference_cd(model, x, mask):
+    """Contextual decomposition by the rules of the CDEP code (``cd.py``: ``propagate_conv_linear``,
+    ``propagate_relu``, ``propagate_pooling``, ``propagate_independent``), written out
+    independently: the marked region is the *relevant* part (``relevant = mask * im``), the
+    input is the normalised image, the model in eval mode."""
+    relevant, irrelevant = mask * model.layers()[0](x), (~mask) * model.layers()[0](x)
+    for module in model.layers()[1:]:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, nn.Linear):
+                relevant, irrelevant = relevant.reshape(len(x), -1), irrelevant.reshape(len(x), -1)
+            bias = module(torch.zeros(irrelevant.size(), dtype=x.dtype))
+            rel, irrel = module(relevant) - bias, module(irrelevant) - bias
+            prop_rel, prop_irrel = rel.abs() + 1e-20, irrel.abs() + 1e-20
+            prop_sum = prop_rel + prop_irrel
+            relevant, irrelevant = rel + prop_rel / prop_sum * bias, irrel + prop_irrel / prop_sum * bias
+        elif isinstance(module, nn.ReLU):
+            relevant, irrelevant = F.relu(relevant), F.relu(relevant + irrelevant) - F.relu(relevant)
+        elif isinstance(module, nn.MaxPool2d):
+            _, indices = F.max_pool2d(relevant + irrelevant, 2, 2, return_indices=True)
+            kept = F.max_unpool2d(torch.ones_like(_), indices, 2, 2, output_size=relevant.shape[-2:])
+            relevant, irrelevant = F.avg_pool2d(kept * relevant, 2) * 4, F.avg_pool2d(kept * irrelevant, 2) * 4
+        elif isinstance(module, nn.Dropout):
+            relevant, irrelevant = module(relevant), module(irrelevant)
+    return relevant, irrelevant
+
+
 @pytest.mark.parametrize(
     "make_model",
-    [ConvNet, lambda: ConvNet(channels=[4, 8], pool=[False, True], dropout=0.5), MLP],
-    ids=["cnn", "cnn_dropout", "mlp"],
+    [ConvNet, lambda: ConvNet(channels=[6, 16], kernel_size=5, pool=[True, True], dropout=0.5), MLP],
+    ids=["cnn", "pooled_cnn_with_dropout", "mlp"],
 )
-def test_contextual_decomposition_parts_sum_to_the_logits(make_model, data):
-    # built here, seeded: built at collection, the weights followed whatever had drawn from the RNG before
+def test_contextual_decomposition_is_the_cdep_code_s_with_the_marked_region_relevant(make_model, data):
     torch.manual_seed(0)
-    model = make_model()
-    x = data.test.x[:16]
-    mask = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2
-    torch.manual_seed(0)  # in training mode dropout draws the same units for the forward pass
+    model = make_model().double().eval()
+    with torch.no_grad():  # biases well away from zero: the ReLU rule tells the two roles apart only then
+        for module in model.layers():
+            if getattr(module, "bias", None) is not None:
+                module.bias.normal_(0.0, 0.5)
+    x, _, mask = dotted_eights(data, n=8)
+    x = x.double()
+    rel, irrel = contextual_decomposition(model, x, mask)
+    expected_rel, expected_irrel = reference_cd(model, x, mask)
+    scale = expected_rel.abs().max().item()
+    assert scale > 1e-3 and (expected_rel - expected_irrel).abs().max() > 1e-3
+    assert (rel - expected_rel).abs().max() <= 1e-10 * scale
+    assert (irrel - expected_irrel).abs().max() <= 1e-10 * expected_irrel.abs().max()
+    assert (rel + irrel - model(x)).abs().max() <= 1e-10 * model(x).abs().max()
+    # the CDEP penalty: the reference's softmax(stack(rel, irrel))[:, 0].mean() over the samples with feedback
+    mask[:3] = False
+    rel, irrel = reference_cd(model, x, mask)
+    share = F.softmax(torch.stack((rel[3:].reshape(-1), irrel[3:].reshape(-1)), dim=1), dim=1)[:, 0].mean()
+    logits, penalty = cdep_penalty(model, x, mask)
+    assert penalty.item() == pytest.approx(share.item() * 5 / 8, rel=1e-10)
+    assert (logits - model(x)).abs().max() <= 1e-10 * logits.abs().max()
+
+
+def test_contextual_decomposition_in_training_mode_drops_the_same_units_of_both_parts(data):
+    torch.manual_seed(0)
+    model = ConvNet(channels=[4, 8], pool=[False, True], dropout=0.5)
+    x, _, mask = dotted_eights(data, n=8)
+    torch.manual_seed(0)
     rel, irrel = contextual_decomposition(model, x, mask)
     torch.manual_seed(0)
-    logits = model(x)
-    assert torch.allclose(rel + irrel, logits, atol=1e-4)
-    assert (irrel.abs() > 1e-3).any() and (rel.abs() > 1e-3).any()
-    # nothing masked: the masked part gets at most bias shares of units with no input at all
-    rel_all, irrel_none = contextual_decomposition(model, x, torch.zeros_like(mask))
-    assert irrel_none.abs().mean() < 0.1 * rel_all.abs().mean()
+    assert torch.allclose(rel + irrel, model(x), atol=1e-4)
 
 
 class TinyLinear(nn.Module):
@@ -183,20 +296,11 @@ class TinyLinear(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def test_cdep_penalty_is_the_masked_share_of_a_linear_model_logits():
-    model = TinyLinear()
+def test_cdep_refuses_a_model_without_layers():
     x, targets, mask = batch(3)
-    w, b = model.fc.weight.detach(), model.fc.bias.detach()
-    rel, irrel = (x * ~mask).flatten(1) @ w.T, (x * mask).flatten(1) @ w.T
-    rel_share = rel.abs() / (rel.abs() + irrel.abs())  # the bias goes in proportion to |W x_part|
-    rel, irrel = rel + rel_share * b, irrel + (1 - rel_share) * b
-    expected = (torch.exp(irrel) / (torch.exp(irrel) + torch.exp(rel))).mean(1)[1:].sum() / 5
-    logits, penalty = cdep_penalty(model, x, mask)
-    assert penalty.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert torch.allclose(logits, model(x), atol=1e-5)
     method, unmixed = CDEP(lam=5.0), Batch(x, targets, torch.zeros(5, dtype=torch.bool), mask)
-    _, _, losses = method.objective(model, unmixed)
-    assert losses["CDEP/penalty"].item() == pytest.approx(expected.item(), rel=1e-5)
+    _, _, losses = method.objective(TinyLinear(), unmixed)
+    assert 0 < losses["CDEP/penalty"].item() < 1
     with pytest.raises(SettingError) as err:
         method.objective(TinyConv(6, 3), unmixed)
     assert err.value.key == "model" and "layers()" in str(err.value)
@@ -279,3 +383,14 @@ def test_transplant_job_runs_end_to_end(xilsweep_cli, data_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "metrics.json").read_text())
     assert record["status"] == "done" and record["settings"]["correction"] == "transplant"
+
+
+def test_a_job_recorded_under_an_earlier_revision_of_its_method_is_not_resumed(data_root, tmp_path):
+    """A CDEP job killed before CDEP got the reference's roles must not be continued with them."""
+    out = tmp_path / "job"
+    cfg = job_config([*TINY, "loss=cdep", "trainer.resume=true"], data_root)
+    record = {"status": "running", "config": resolved_settings(cfg), "pid": 1, "host": "elsewhere"}
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps(record))
+    assert "cdep computed by revision 1 there, 2 now" in refusal(cfg, out, record)
+    assert refusal(cfg, out, {**record, "method_revision": CDEP.revision}) is None

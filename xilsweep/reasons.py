@@ -4,7 +4,7 @@ metrics of how much they rest on the confounder (the dots).
 Explainers (config group ``explainer``) turn a batch of images into
 non-negative attribution maps ``[N, 1, H, W]`` for the true or the predicted
 class: ``InputGradients`` (``|d logit / d x|``, captum ``Saliency``, the
-default) or ``GradCAM`` (captum ``LayerGradCam`` on the model's last
+default) or ``GradCAM`` (``xilsweep.gradcam`` on the model's last
 convolution, ReLU'd, each unit placed at the centre of its receptive field).
 ``Explainer.reasons`` gathers one ``metrics.Evidence`` of a model on the
 dotted test images with a few batched passes and computes every reliance
@@ -21,6 +21,7 @@ from torch import nn
 
 from xilsweep.data import Split, XILData
 from xilsweep.errors import SettingError, require
+from xilsweep.gradcam import gradcam, placed
 from xilsweep.metrics import RELIANCE, Evidence, per_image_max
 from xilsweep.training import EVAL_BATCH_SIZE, predict_logits
 
@@ -217,36 +218,9 @@ class Explainer:
         }
 
 
-def receptive_field(layers) -> tuple[int, float]:
-    """``(stride, offset)`` of the output units of a stack of convolutions and
-    poolings: unit ``r`` of the last layer is centred on input pixel
-    ``offset + stride * r`` (pixel centres at integer coordinates)."""
-    stride, offset = 1, 0.0
-    for layer in layers:
-        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
-            kernel, step, padding = (layer.kernel_size, layer.stride, layer.padding)
-            kernel, step, padding = (v[0] if isinstance(v, tuple) else v for v in (kernel, step, padding))
-            offset += ((kernel - 1) / 2 - padding) * stride
-            stride *= step
-    return stride, offset
-
-
-def align_to_input(maps: torch.Tensor, stride: int, offset: float, size: tuple[int, int]) -> torch.Tensor:
-    """Layer maps [N, C, h, w] resampled (bilinearly) to the input ``size`` so
-    that each unit lands on the centre of its receptive field; plain resizing
-    would stretch the map over the whole image and shift it towards the border."""
-    h, w = maps.shape[-2:]
-    rows = (torch.arange(size[0], dtype=maps.dtype) - offset) / stride  # map coordinate of each input pixel
-    cols = (torch.arange(size[1], dtype=maps.dtype) - offset) / stride
-    grid_y = (2 * rows / max(h - 1, 1) - 1).view(-1, 1).expand(size)
-    grid_x = (2 * cols / max(w - 1, 1) - 1).view(1, -1).expand(size)
-    grid = torch.stack([grid_x, grid_y], dim=-1).to(maps.device).expand(len(maps), *size, 2)
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
 class GradCAM(Explainer):
-    """captum LayerGradCam on ``model.last_conv``, ReLU'd, each unit placed at
-    its receptive field's centre in the input (``align_to_input``)."""
+    """GradCAM on ``model.last_conv`` (``xilsweep.gradcam``), ReLU'd, each unit placed at
+    its receptive field's centre in the input."""
 
     name = "gradcam"
 
@@ -257,12 +231,9 @@ class GradCAM(Explainer):
             )
 
     def _maps(self, model, x, target):
-        from captum.attr import LayerGradCam  # on first use: captum.attr also loads matplotlib
-
-        cam = LayerGradCam(model, model.last_conv).attribute(x, target=target, relu_attributions=True)
-        layers = list(model.features)
-        stride, offset = receptive_field(layers[: layers.index(model.last_conv) + 1])
-        return align_to_input(cam, stride, offset, tuple(x.shape[-2:]))
+        with torch.enable_grad():
+            _, maps = gradcam(model, x, target)
+        return placed(model, F.relu(maps.detach()), tuple(x.shape[-2:]))
 
 
 class InputGradients(Explainer):

@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from xilsweep.config import registered_class
 from xilsweep.errors import DataError
 from xilsweep.files import atomic_write_bytes
 from xilsweep.job import CHECKPOINT_FILE, ConfigError, resolved_settings
@@ -30,6 +31,9 @@ HOW_IT_RUNS = (
     "data.root",
 )
 RECORD_STATUSES = ("running", "done", "failed")
+# Settings added after jobs were recorded without them, with the value that computes what those
+# jobs computed: a record without the key is read as having that value.
+ADDED_SETTINGS = {"pool.feedback": "exact", "pool.feedback_fraction": 0.5, "pool.feedback_radius": 1}
 
 
 def read_record(metrics_file: Path) -> dict | None:
@@ -73,7 +77,7 @@ def result_settings(config: dict) -> dict:
 
 def setting_differences(saved: dict, now: dict) -> list[str]:
     """``key: <saved value> there, <new value> now`` for every result setting that differs."""
-    old, new = result_settings(saved), result_settings(now)
+    old, new = {**ADDED_SETTINGS, **result_settings(saved)}, result_settings(now)
 
     def shown(settings: dict, key: str) -> str:
         return repr(settings[key]) if key in settings else "absent"
@@ -102,6 +106,10 @@ def refusal(cfg: DictConfig, out_dir: Path, record: dict) -> str | None:
             "another hydra.run.dir runs it again"
         )
     differences = setting_differences(record["config"], resolved_settings(cfg)) if resume else []
+    method = registered_class("loss", OmegaConf.select(cfg, "loss._target_"))
+    revision_then = record.get("method_revision", 1)  # records before revisions: the first
+    if resume and method is not None and revision_then != method.revision:
+        differences.append(f"{method.name} computed by revision {revision_then} there, {method.revision} now")
     if differences:
         return (
             f"{out_dir} holds a job with other settings ({'; '.join(differences)}); trainer.resume=true "

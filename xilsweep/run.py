@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from xilsweep.correction import feedback_label
 from xilsweep.errors import DataError, NonFiniteLossError
 from xilsweep.job import ConfigError, Job, assemble
 from xilsweep.lifetime import end_with_sweep
@@ -36,13 +37,15 @@ def shown(value) -> str:
     return str(value)
 
 
-def run_name(lr, loss, lam, pool, seed, correction="zero") -> str:
+def run_name(lr, loss, lam, pool, seed, correction="zero", feedback="exact", fraction=0.5, radius=1) -> str:
     """Folder/run name from the settings a sweep usually varies (values as written, floats
     rounded by ``shown``, unchecked: validation happens in the job, which reports bad values
-    clearly); a correction other than the guide's zero fill is named after the pool size."""
+    clearly); a correction other than the guide's zero fill is named after the pool size, then
+    a feedback other than exact (``feedbackwrong``, ``feedbackincomplete0.5``)."""
     lam_part = "" if lam is None else f"_lam{shown(lam)}"
     correction_part = "" if correction == "zero" else f"_{correction}"
-    return f"lr{shown(lr)}_loss{loss}{lam_part}_pool{pool}{correction_part}_seed{seed}"
+    feedback_part = "" if feedback == "exact" else f"_feedback{feedback_label(feedback, fraction, radius)}"
+    return f"lr{shown(lr)}_loss{loss}{lam_part}_pool{pool}{correction_part}{feedback_part}_seed{seed}"
 
 
 def log_label(mode, output_dir: str) -> str:

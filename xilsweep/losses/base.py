@@ -54,6 +54,11 @@ def as_labels(targets: torch.Tensor) -> torch.Tensor:
     return targets.argmax(dim=-1) if targets.ndim == 2 else targets
 
 
+def has_feedback(mask: torch.Tensor) -> torch.Tensor:
+    """Which samples carry a mask the user gave (the only ones a mask penalty reads)."""
+    return mask.flatten(1).any(1)
+
+
 def split_cross_entropy(logits: torch.Tensor, batch: Batch):
     """Per-sample CE, and its mean over the confounded and the corrected part."""
     per_sample = F.cross_entropy(logits, as_labels(batch.targets), reduction="none")
@@ -80,6 +85,9 @@ class Method(nn.Module, abc.ABC):
     """One way to fine-tune on mixed batches (a config option of the group ``loss``)."""
 
     name: ClassVar[str]  # the config option: conf/loss/<name>.yaml
+    # Raised whenever what the method computes changes, so that trainer.resume=true does not
+    # continue a job recorded under another revision (its metrics.json keeps the number).
+    revision: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xilsweep.errors import SettingError, require
-from xilsweep.losses.base import MaskPenalty
+from xilsweep.losses.base import MaskPenalty, has_feedback
 from xilsweep.models import Normalize
 
 CD_LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout)
@@ -24,8 +24,10 @@ def propagate(layer: nn.Module, rel: torch.Tensor, irrel: torch.Tensor):
     of both. Every rule keeps ``rel + irrel`` equal to the layer's output.
     """
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
-        bias = layer(torch.zeros_like(rel[:1]))
-        rel, irrel = layer(rel) - bias, layer(irrel) - bias
+        # both parts through the layer in one call, less its bias (its output on zeros)
+        bias = 0.0 if layer.bias is None else layer.bias.view(-1, *[1] * (rel.ndim - 2))
+        both, n = layer(torch.cat([rel, irrel])) - bias, len(rel)
+        rel, irrel = both[:n], both[n:]
         rel_weight, irrel_weight = rel.abs() + 1e-20, irrel.abs() + 1e-20
         rel_share = rel_weight / (rel_weight + irrel_weight)
         return rel + rel_share * bias, irrel + (1 - rel_share) * bias
@@ -61,7 +63,9 @@ def propagate(layer: nn.Module, rel: torch.Tensor, irrel: torch.Tensor):
 
 def contextual_decomposition(model, x: torch.Tensor, mask: torch.Tensor):
     """``(relevant, irrelevant)`` logits of ``model`` on ``x``: the parts due to
-    the unmasked and to the masked pixels; they sum to the logits.
+    the masked pixels (the region the penalty asks about, in the reference code's
+    "relevant" slot, whose own activation the ReLU rule keeps) and to the rest;
+    they sum to the logits.
 
     The leading ``Normalize`` acts on each pixel alone, so its output still
     belongs to the pixel's part: the decomposition starts after it, on the
@@ -70,21 +74,22 @@ def contextual_decomposition(model, x: torch.Tensor, mask: torch.Tensor):
     layers = model.layers()
     while layers and isinstance(layers[0], Normalize):
         x = layers.pop(0)(x)
-    rel, irrel = x * ~mask, x * mask
+    rel, irrel = x * mask, x * ~mask
     for layer in layers:
         rel, irrel = propagate(layer, rel, irrel)
     return rel, irrel
 
 
 def cdep_penalty(model, x: torch.Tensor, mask: torch.Tensor):
-    """``(logits, penalty)``: ``sum_i [mask_i given] mean_c softmax(irrel_ic, rel_ic)[0] / B``,
+    """``(logits, penalty)``: ``sum_i [mask_i given] mean_c softmax(rel_ic, irrel_ic)[0] / B``,
     the masked part's share of each class's logit, as the CDEP code computes it
-    (``sigmoid(irrel - rel)``). The logits are ``rel + irrel``: the
-    decomposition is itself the forward pass."""
-    rel, irrel = contextual_decomposition(model, x, mask)
-    masked_share = torch.sigmoid(irrel - rel).mean(dim=1)
-    has_feedback = mask.flatten(1).any(1)
-    return rel + irrel, (masked_share * has_feedback).sum() / len(x)
+    (``softmax(stack(rel, irrel))[:, 0]``).
+
+    Samples are independent and those without a mask add nothing, so only the
+    samples with one are decomposed; the logits are the model's on the whole batch."""
+    given = has_feedback(mask)
+    rel, irrel = contextual_decomposition(model, x[given], mask[given])
+    return model(x), torch.sigmoid(rel - irrel).mean(dim=1).sum() / len(x)
 
 
 class CDEP(MaskPenalty):
@@ -93,8 +98,9 @@ class CDEP(MaskPenalty):
 
     name = "cdep"
     tag = "CDEP"
+    revision = 2  # the masked part in the relevant slot (the CDEP code's roles)
 
-    def __init__(self, lam: float = 1000.0, base: str = "balanced", base_lam: float = 1.0):
+    def __init__(self, lam: float = 0.1, base: str = "balanced", base_lam: float = 1.0):
         super().__init__(lam, base, base_lam)
 
     def check(self, model) -> None:

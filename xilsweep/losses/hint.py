@@ -1,36 +1,33 @@
-"""HINT (Selvaraju et al. 2019), as in the XIL typology benchmark: GradCAM aligned
-with the relevant region by mean squared error."""
+"""HINT (Selvaraju et al. 2019), as the XIL typology's ``HINTLoss`` computes it: GradCAM
+aligned with the relevant region by squared error."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from xilsweep.errors import require, require_choice
-from xilsweep.losses.base import MaskPenalty, as_labels
-from xilsweep.losses.rrr_g import gradcam, require_conv
+from xilsweep.gradcam import gradcam, min_max, nearest, require_conv
+from xilsweep.losses.base import MaskPenalty, as_labels, has_feedback
 
 RELEVANT_REGIONS = ("ink",)
 
 
 def ink(x: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The relevant region the user's data gives: pixels brighter than
-    ``threshold`` outside the confounder mask (the digit's strokes)."""
+    """The relevant region the user's data gives: pixels brighter than ``threshold``
+    outside the confounder mask, the digit's strokes (confounders lie on background,
+    so this is the original image's ink)."""
     return (x > threshold) & ~mask
 
 
 def hint_penalty(model, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, relevant: torch.Tensor):
-    """``(logits, penalty)``: ``sum_i [mask_i given] mean_pixels (G_i - r_i)^2 / B``
-    with ``G_i`` the true class's GradCAM map upsampled (bilinear) to the input
-    and min-max scaled to [0, 1] per image, ``r_i`` the relevant region (0/1).
+    """``(logits, penalty)``: ``sum_i [mask_i given] sum_pixels (G_i - r_i)^2 / B`` with
+    ``G_i`` the true class's unrectified GradCAM map min-max scaled to [0, 1] and then
+    stretched over the input (nearest neighbour), ``r_i`` the relevant region (0/1).
     Only samples whose confounder mask the user gave carry feedback."""
     logits, maps = gradcam(model, x, as_labels(targets))
-    maps = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    low, high = maps.amin(dim=(2, 3), keepdim=True), maps.amax(dim=(2, 3), keepdim=True)
-    scaled = (maps - low) / (high - low).clamp_min(1e-12)
-    per_image = (scaled - relevant.float()).pow(2).flatten(1).mean(1)
-    has_feedback = mask.flatten(1).any(1)
-    return logits, (per_image * has_feedback).sum() / len(x)
+    scaled = nearest(min_max(maps), tuple(x.shape[-2:]))
+    per_image = (scaled - relevant.float()).pow(2).flatten(1).sum(1)
+    return logits, (per_image * has_feedback(mask)).sum() / len(x)
 
 
 class HINT(MaskPenalty):
@@ -38,19 +35,21 @@ class HINT(MaskPenalty):
 
     ``relevant_region`` says where the relevant-region mask comes from:
     ``ink``, the image's pixels above ``ink_threshold`` outside the confounder
-    mask. Needs a model with a convolution.
+    mask (the typology: pixels above 1/255 of the image without its confounder).
+    Needs a model with a convolution.
     """
 
     name = "hint"
     tag = "HINT"
+    revision = 2  # min-max before nearest upsampling, summed over pixels, ink above 1/255, constant channel weights
 
     def __init__(
         self,
-        lam: float = 100.0,
+        lam: float = 10.0,
         base: str = "balanced",
         base_lam: float = 1.0,
         relevant_region: str = "ink",
-        ink_threshold: float = 0.5,
+        ink_threshold: float = 1 / 255,
     ):
         super().__init__(lam, base, base_lam)
         require_choice("relevant_region", relevant_region, RELEVANT_REGIONS)
@@ -63,7 +62,7 @@ class HINT(MaskPenalty):
         self.relevant_region, self.ink_threshold = relevant_region, float(ink_threshold)
 
     def check(self, model) -> None:
-        require_conv(model, self.name)
+        require_conv(model, f"loss={self.name}")
 
     def penalty(self, model, batch):
         self.check(model)

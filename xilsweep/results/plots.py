@@ -96,6 +96,8 @@ def grid_lines(ax, data: PlotData, x: str, key: str) -> bool:
     best = best_per(summary[summary[x].notna()], [*methods, x])
     for name, part in best.groupby(methods, sort=False, dropna=False) if methods else [((), best)]:
         part = part[part[f"{key}_mean"].notna()]
+        if part.empty:  # a method without this figure (yet): no line
+            continue
         mean, std = factor * part[f"{key}_mean"], factor * part[f"{key}_std"].fillna(0)
         line = ax.plot(part[x].astype(float), mean, marker="o", label=f"{name_of(name)} ({n_text(part.n)})".lstrip())
         ax.fill_between(part[x].astype(float), mean - std, mean + std, color=line[0].get_color(), alpha=0.2)

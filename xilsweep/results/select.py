@@ -2,8 +2,9 @@
 
 The varied settings are the job overrides that differ between jobs; a
 method is what the method settings (loss, correction, model) name, the pool
-size a condition it is compared under, and the rest (λ, learning rate, ...)
-settings chosen per method and condition, never across methods. A setting
+size and the user's feedback quality (``pool.feedback*``) the conditions it is
+compared under, and the rest (λ, learning rate, ...) settings chosen per
+method and condition, never across methods. A setting
 is summarised over its seeds and chosen by its mean validation score, the one
 the jobs' early stopping maximised (``trainer.stop_on``), ties to the lower
 mean validation loss."""
@@ -22,7 +23,7 @@ from xilsweep.results.collect import SEED, STOP_SCORE, VAL_LOSS, Job, stop_rule
 LR, LOSS, LAMBDA, POOL = "trainer.lr", "loss", "loss.lam", "pool.size"
 # Settings that tell one method from another, and those a method is compared under.
 METHOD_KEYS = (LOSS, "pool.correction", "model")
-CONDITION_KEYS = (POOL,)
+CONDITION_KEYS = (POOL, "pool.feedback", "pool.feedback_fraction", "pool.feedback_radius")
 # trainer.stop_on (xilsweep.training.STOP_SCORES) in words
 STOP_RULES = {
     "clean": "clean validation accuracy",
