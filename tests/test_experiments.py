@@ -72,9 +72,9 @@ def test_full_grid_runs_imbalanced_once_per_setting_not_once_per_lam():
     assert all("loss.lamda=3" in job for job in jobs)  # a key no option has is kept: Hydra reports the typo
 
 
-# The weights the method comparisons ran each penalty at when their grids still wrote them out
-# (docs/methods.md, "Tuned weights" and "Decoy-MNIST"); the registry must give every job the same.
-# (experiment, model option) -> the tuned settings' key (data set name, model class name)
+# (experiment, model option) -> the tuned settings' key (data set name, model class name): every
+# job of a method comparison runs each penalty at the weight tuned for its data and model
+# (docs/methods.md, "Tuned weights" and "Decoy-MNIST").
 TUNED_FOR = {
     ("compare_methods", "cnn"): ("mnist08", "ConvNet"),
     ("compare_methods_decoy", "mlp_wide"): ("decoy_mnist", "MLP"),
