@@ -1,9 +1,11 @@
 """What one fine-tuning step of each method costs against ``loss=balanced``.
 
-Times ``method.update`` on the default model (the CNN) with mixed batches of the
-default sampler (60 confounded + 4 corrected, the corrected samples' masks given) on the
-bundled digits, one thread, every method at its default settings. Each figure is the
-best of interleaved repeats (the machine may be shared), so the ratios compare methods
+Times the training loop (``training.train_one_epoch``) over the first batches of a
+default job's first epoch, built as a job builds them (``job.data_and_pool``: the
+bundled 08MNIST digits, the pool of 100 with the masks the user gave, the default
+sampler's 60 confounded + 4 corrected samples per batch), on the default model (the
+CNN), one thread, every method at its default settings. Each figure is the best of
+interleaved repeats (the machine may be shared), so the ratios compare methods
 measured in the same rounds. Prints a Markdown table and the cost targets.
 
     .venv/bin/python bench/methods.py [--steps 20] [--repeats 5] [--root data]
@@ -18,48 +20,41 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from xilsweep.config import CONF_DIR
-from xilsweep.data import DATASETS
-from xilsweep.job import build
-from xilsweep.losses import METHODS, Batch
-from xilsweep.sampling import create_is_user_corrected_mask
+from xilsweep.job import build, checked_settings, data_and_pool
+from xilsweep.losses import METHODS
+from xilsweep.training import FitData, train_one_epoch
 
 BASELINE = "balanced"
 # method -> most steps' cost against the baseline's (issue: faithful methods at a bounded cost)
 TARGETS = {"rbr": 4.0, "cdep": 3.0}
-BATCH, CORRECTED = 64, 4
 
 
-def method_and_model(name: str, root: str):
-    """``loss=name`` and the default model as a job would build them (tuned defaults resolved)."""
+def job_config(name: str, root: str):
+    """A default job's config with ``loss=name`` (its tuned weight resolved)."""
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=[f"loss={name}", f"data.root={root}"])
+        return compose("config", overrides=[f"loss={name}", f"data.root={root}"])
+
+
+def method_and_model(cfg):
+    """The method and a fresh default model, as the job builds them."""
     torch.manual_seed(0)
     return build(cfg, "loss"), build(cfg, "model", num_classes=2)
 
 
-def batches(root: str, steps: int) -> list[Batch]:
-    """``steps`` mixed batches: BATCH - CORRECTED training images without masks, then
-    CORRECTED dotted 8s with their dots zeroed and their masks given (``pool.correction=zero``)."""
-    train = DATASETS["mnist08"](root=root).load().train
-    dotted = torch.nonzero(train.mask.flatten(1).any(1)).flatten()
-    g = torch.Generator().manual_seed(0)
-    is_corrected = create_is_user_corrected_mask(BATCH, CORRECTED, "cpu")
-    out = []
-    for _ in range(steps):
-        confounded = torch.randperm(len(train), generator=g)[: BATCH - CORRECTED]
-        corrected = dotted[torch.randperm(len(dotted), generator=g)[:CORRECTED]]
-        index = torch.cat([confounded, corrected])
-        mask = train.mask[index] & is_corrected.view(-1, 1, 1, 1)
-        out.append(Batch(train.x[index].masked_fill(mask, 0.0), train.targets[index], is_corrected, mask))
-    return out
+def first_batches(cfg, steps: int):
+    """``(data, batches, k)``: the split the sampler indexes and the first ``steps`` batches of
+    the job's first epoch (the training split with the pool's masks only, then the pool)."""
+    settings = checked_settings(cfg)
+    data, pool = data_and_pool(settings, cfg.seed)
+    fit = FitData(pool.with_known_masks(data.train), pool.corrected, data.val, settings.sampler)
+    return fit.train_and_pool, fit.sampler.batches(0)[:steps], fit.sampler.k
 
 
-def seconds_per_step(method, model, data: list[Batch]) -> float:
+def seconds_per_step(method, model, data, batches, k) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
-    for batch in data:
-        method.update(model, batch, optimizer)
-    return (time.perf_counter() - start) / len(data)
+    train_one_epoch(model, data, batches, k, method, optimizer)
+    return (time.perf_counter() - start) / len(batches)
 
 
 def main() -> None:
@@ -69,13 +64,14 @@ def main() -> None:
     parser.add_argument("--root", default="data")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = batches(args.root, args.steps)
     names = [BASELINE, *sorted(n for n in METHODS if n != BASELINE)]
-    built = {name: method_and_model(name, args.root) for name in names}
+    configs = {name: job_config(name, args.root) for name in names}
+    batches = first_batches(configs[BASELINE], args.steps)  # the loss does not change the batches
+    built = {name: method_and_model(cfg) for name, cfg in configs.items()}
     best = {name: float("inf") for name in names}
     for _ in range(args.repeats):  # interleaved: every method once per round
         for name in names:
-            best[name] = min(best[name], seconds_per_step(*built[name], data))
+            best[name] = min(best[name], seconds_per_step(*built[name], *batches))
     print(f"| loss | ms per step | x {BASELINE} |")
     print("|---|---|---|")
     for name in names:
