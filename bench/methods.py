@@ -1,7 +1,7 @@
 """What one fine-tuning step of each method costs against ``loss=balanced``.
 
 Times the training loop (``training.train_one_epoch``) over the first batches of a
-default job's first epoch, built as a job builds them (``job.data_and_pool``: the
+default job's first epoch, built as a job builds them (``job.loaded_data`` and ``job.first_pool``: the
 bundled 08MNIST digits, the pool of 100 with the masks the user gave, the default
 sampler's 60 confounded + 4 corrected samples per batch), on the default model (the
 CNN), one thread, every method at its default settings. Each figure is the best of
@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from xilsweep.config import CONF_DIR
-from xilsweep.job import build, checked_settings, data_and_pool
+from xilsweep.job import build, checked_settings, first_pool, loaded_data
 from xilsweep.losses import METHODS
 from xilsweep.training import FitData, train_one_epoch
 
@@ -45,7 +45,8 @@ def first_batches(cfg, steps: int):
     """``(data, batches, k)``: the split the sampler indexes and the first ``steps`` batches of
     the job's first epoch (the training split with the pool's masks only, then the pool)."""
     settings = checked_settings(cfg)
-    data, pool = data_and_pool(settings, cfg.seed)
+    data = loaded_data(settings)
+    pool = first_pool(settings, data, cfg.seed, model=None)  # the default selection (random) reads no model
     fit = FitData(pool.with_known_masks(data.train), pool.corrected, data.val, settings.sampler)
     return fit.train_and_pool, fit.sampler.batches(0)[:steps], fit.sampler.k
 

@@ -21,10 +21,13 @@ One run measures, on the same data, models and batches:
 4. **full**: the wall time of a 100-job lambda_search-style sweep of the
    default model with the recommended launcher (``parallel``);
 5. **grid**: the wall time of ``experiment=full_grid_search`` (108 jobs);
-6. **sharing**: jobs per hour of a sweep whose jobs share the machine's device,
+6. **curve** (not by default): the wall time of an interaction-efficiency
+   curve, one method and query strategy at 1, 2, 5 and 10 corrections, seeds
+   0-2 (``experiment=interaction_efficiency``, 12 jobs);
+7. **sharing**: jobs per hour of a sweep whose jobs share the machine's device,
    run 1, 2, 4, ... at a time (``hydra/launcher=parallel`` with that many
    workers): how many jobs one GPU takes at once;
-7. **compile** (not by default): ``torch.compile`` against eager.
+8. **compile** (not by default): ``torch.compile`` against eager.
 
 ``--device cuda`` runs every job, loop and ceiling on the GPU (``trainer.device=cuda``;
 default sections there: profile, loop, sharing): loop samples/s, the share of the
@@ -485,17 +488,15 @@ def sharing_section(args, env: dict) -> list[dict]:
     return results
 
 
-def grid_section(args, env: dict) -> dict:
-    """The protocol's full grid (experiment=full_grid_search) with the recommended launcher."""
-    folder = args.work_dir / "full_grid"
-    extra = ["trainer.lr=0.001", "loss.lam=1", "pool.size=10,100", "seed=0"] if args.tiny else []
+def experiment_section(args, env: dict, name: str, arguments: list[str]) -> dict:
+    """An experiment's sweep with the recommended launcher: jobs planned and done, wall time, peak RSS."""
+    folder = args.work_dir / name
     command = xilsweep_command(
         "-m",
-        "experiment=full_grid_search",
+        *arguments,
         *LAUNCHERS["parallel"],
         f"data.root={args.data_root}",
         *args.job_overrides,
-        *extra,
         f"hydra.sweep.dir={folder}",
     )
     seconds, peak, status, tail = run_measured(command, REPO, env)
@@ -503,8 +504,23 @@ def grid_section(args, env: dict) -> dict:
         print(tail, file=sys.stderr)
     planned = len(yaml.safe_load((folder / "planned_jobs.yaml").read_text())["jobs"])
     result = {"jobs": planned, "done": finished_jobs(folder), "seconds": seconds, "peak_rss_mb": peak}
-    print(f"  full_grid_search: {result['done']}/{planned} jobs in {seconds:.0f} s", flush=True)
-    return result
+    print(f"  {name}: {result['done']}/{planned} jobs in {seconds:.0f} s", flush=True)
+    return {**result, "arguments": arguments}
+
+
+def grid_section(args, env: dict) -> dict:
+    """The protocol's full grid (experiment=full_grid_search) with the recommended launcher."""
+    extra = ["trainer.lr=0.001", "loss.lam=1", "pool.size=10,100", "seed=0"] if args.tiny else []
+    return experiment_section(args, env, "full_grid", ["experiment=full_grid_search", *extra])
+
+
+def curve_section(args, env: dict) -> dict:
+    """An interaction-efficiency curve: one method and query strategy, 1 to 10 corrections,
+    seeds 0-2 (experiment=interaction_efficiency), with the recommended launcher."""
+    sizes = "1,2" if args.tiny else "1,2,5,10"
+    seeds = ["seed=0"] if args.tiny else []
+    arguments = ["experiment=interaction_efficiency", f"loss={args.curve_loss}", f"pool.select={args.curve_select}"]
+    return experiment_section(args, env, "curve", [*arguments, f"pool.size={sizes}", *seeds])
 
 
 def target(name: str, value: float, limit: float, unit: str, higher_is_better: bool, detail: str = "") -> str:
@@ -547,6 +563,18 @@ def targets(report: dict) -> list[str]:
     if grid:
         lines.append(
             target(f"full_grid_search ({grid['done']}/{grid['jobs']} jobs)", grid["seconds"] / 60, 6, " min", False)
+        )
+    curve = report.get("curve")
+    if curve:
+        lines.append(
+            target(
+                f"interaction-efficiency curve ({' '.join(curve['arguments'][1:])}, "
+                f"{curve['done']}/{curve['jobs']} jobs)",
+                curve["seconds"] / 60,
+                15,
+                " min",
+                False,
+            )
         )
     loops = {(r["model"], r["threads"]): r for r in report.get("loop", [])}
     for (model, threads), r in loops.items():
@@ -692,6 +720,9 @@ def table(report: dict) -> str:
     if report.get("grid"):
         r = report["grid"]
         lines += ["", f"experiment=full_grid_search (parallel): {r['done']}/{r['jobs']} done in {r['seconds']:.0f} s"]
+    if report.get("curve"):
+        r = report["curve"]
+        lines += ["", f"{' '.join(r['arguments'])} (parallel): {r['done']}/{r['jobs']} done in {r['seconds']:.0f} s"]
     if targets(report):
         lines += ["", "Targets:", *(f"- {line}" for line in targets(report))]
     return "\n".join(lines)
@@ -704,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections",
         default=None,
-        help="comma-separated: profile, loop, sweeps, full, grid, sharing, compile "
+        help="comma-separated: profile, loop, sweeps, full, grid, sharing, curve, compile "
         "(default: profile,loop,sweeps,full,grid; with --device cuda: profile,loop,sharing)",
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where jobs, loops and the ceiling run")
@@ -722,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-jobs", type=int, default=8)
     parser.add_argument("--full-sweep-jobs", type=int, default=100)
     parser.add_argument("--full-sweep-mode", choices=SWEEP_MODES, default="parallel", help="the recommended launcher")
+    parser.add_argument("--curve-loss", default="rrr", help="the method of the curve section")
+    parser.add_argument("--curve-select", default="caipi", help="the query strategy of the curve section")
     parser.add_argument("--data-root", type=Path, default=REPO / "data")
     parser.add_argument("--work-dir", type=Path, default=None, help="job folders (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -762,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
             report["grid"] = grid_section(args, env)
         if "sharing" in sections:
             report["sharing"] = sharing_section(args, env)
+        if "curve" in sections:
+            report["curve"] = curve_section(args, env)
     report["machine"]["load_after"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -79,7 +79,11 @@ TUNED_FOR = {
     ("compare_methods", "cnn"): ("mnist08", "ConvNet"),
     ("compare_methods_decoy", "mlp_wide"): ("decoy_mnist", "MLP"),
     ("compare_methods_decoy", "cnn"): ("decoy_mnist", "ConvNet"),
+    ("interaction_efficiency", "cnn"): ("mnist08", "ConvNet"),
+    ("feedback_quality", "cnn"): ("mnist08", "ConvNet"),
 }
+# The settings a comparison's jobs vary besides the group choices: none the weight reads.
+CONDITIONS = {"experiment", "pool.size", "pool.select", "pool.feedback", "seed"}
 GROUP_CHOICES = ("model", "loss", "pool.correction")
 
 
@@ -98,14 +102,14 @@ def experiment_jobs(name: str) -> list[list[str]]:
     )
 
 
-@pytest.mark.parametrize("name", ["compare_methods", "compare_methods_decoy"])
+@pytest.mark.parametrize("name", sorted({name for name, _ in TUNED_FOR}))
 def test_method_comparisons_give_every_penalty_the_weight_tuned_for_its_data_and_model(name):
     """Composed once per distinct set of group choices: the jobs differ from it only in
-    pool.size and seed, which the weight does not read."""
+    conditions (pool size, query strategy, feedback kind, seed), which the weight does not read."""
     weights = {}
     for job in experiment_jobs(name):
         settings = dict(entry.split("=", 1) for entry in job)
-        assert set(settings) - set(GROUP_CHOICES) == {"experiment", "pool.size", "seed"}
+        assert {"experiment", "seed"} <= set(settings) - set(GROUP_CHOICES) <= CONDITIONS
         key = tuple(settings.get(choice) for choice in GROUP_CHOICES)
         if key not in weights:
             method = build_method(compose_config(job))  # what the job fine-tunes with

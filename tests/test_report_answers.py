@@ -263,3 +263,48 @@ def test_a_method_without_the_plotted_figure_draws_no_line(tmp_path, monkeypatch
     data = PlotData(table, summary_table(table, varied), varied, searched_keys(table, varied, False), [])
     lines, _ = drawn_lines(monkeypatch, data, "loss.lam", "dot_flip_rate", tmp_path)
     assert [line.get_label().split(" ")[0] for line in lines] == ["rrr"]
+
+
+def test_interaction_settings_are_read_against_their_reference_paired_by_seed(tmp_path, monkeypatch):
+    """Each query strategy against random and each feedback kind against exact, per method and
+    pool size, paired by seed: a strategy a little ahead of random on every seed is ahead
+    although its seeds overlap; a strategy is a line of its own on the pool-size curve."""
+    levels = (0.8, 0.6, 0.4)  # the seeds' own flip rates: what pairing cancels
+    jobs = [
+        record({"loss": loss, "pool.size": size, "pool.select": select}, seed, level - (gain + extra) / size)
+        for loss, gain in (("rrr", 0.1), ("hint", 0.0))
+        for size in (1, 2)
+        for select, extra in (("random", 0.0), ("caipi", 0.05))
+        for seed, level in enumerate(levels)
+    ]
+    sweep = write_sweep(tmp_path / "select", jobs)
+    share = "shortcut removed (flip rate), difference to random"
+    text = write_report(sweep)
+    rows = table_rows(text, share)
+    assert [(r["pool.size"], r["loss"], r["pool.select"]) for r in rows] == [
+        ("1", "hint", "caipi"),
+        ("1", "rrr", "caipi"),
+        ("2", "hint", "caipi"),
+        ("2", "rrr", "caipi"),
+    ]
+    table = pd.read_csv(sweep / "report" / "jobs.csv")
+    columns = ["pool.size", "loss", "pool.select"]
+    shares = table.pivot_table(index="seed", columns=columns, values="removed.dot_flip_rate")
+    gap = (shares[(1, "rrr", "caipi")] - shares[(1, "rrr", "random")]).mean()
+    assert rows[1][share].startswith(f"+{gap:.3f} [")
+    for row in rows:  # the share's verdict, then the test accuracy's (equal accuracies)
+        cells = [row[k] for k in ("pool.size", "loss", "pool.select", "setting chosen", "shortcut removed (flip rate)")]
+        assert f"| {' | '.join(cells)} | {row[share]} | ahead (3 seeds) |" in text
+        assert row["verdict"] == "not distinguishable (3 seeds)"
+    assert shares[(1, "rrr", "caipi")].min() < shares[(1, "rrr", "random")].max()  # unpaired, they overlap
+    found = find_jobs(sweep)
+    varied = varied_keys(found)
+    table = job_table(found, varied)
+    data = PlotData(table, summary_table(table, varied), varied, set(), [])
+    lines, _ = drawn_lines(monkeypatch, data, "pool.size", "removed.dot_flip_rate", tmp_path)
+    assert sorted(line.get_label().split(" (")[0] for line in lines) == ["hint caipi", "rrr caipi", "rrr random"]
+
+    same = [record({"loss": "rrr", "pool.feedback": kind}, seed, 0.2) for kind in ("exact", "wrong") for seed in (0, 1)]
+    accuracy = "test acc %, difference to exact"
+    rows = table_rows(write_report(write_sweep(tmp_path / "feedback", same)), accuracy)
+    assert [(r["pool.feedback"], r[accuracy]) for r in rows] == [("wrong", "+0.00 [+0.00, +0.00]")]

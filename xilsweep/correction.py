@@ -5,16 +5,20 @@ transplants), and the dotted validation set made from the true confounders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from xilsweep.data import CONFOUNDED_CLASS, Split, border_background
+from xilsweep.data import CONFOUNDED_CLASS, Split, border_background, concat
 from xilsweep.errors import require, require_choice
+from xilsweep.queries import SELECTIONS
 
 FILLS = ("zero", "random", "mean")
 CORRECTIONS = (*FILLS, "transplant")
+# a query strategy's order of the candidates it is given (``xilsweep.queries.query_order``)
+Order = Callable[[Split], torch.Tensor]
 # what the user marks on a pool sample (the XIL typology's feedback qualities), see ``Feedback``
 FEEDBACK = ("exact", "incomplete", "wrong", "random", "adversarial", "dilated")
 
@@ -143,6 +147,21 @@ def paste(donors: Split, hosts: Split) -> Split:
     return Split(torch.where(donors.mask, donors.x, hosts.x), hosts.targets, donors.mask)
 
 
+def pool_candidates(train: Split, confounded_class: int | None, pool_size: int) -> torch.Tensor:
+    """Indices of the training samples a user can be asked to correct: those of
+    ``confounded_class`` (any class when None) that carry a confounder; at least ``pool_size``."""
+    in_class = True if confounded_class is None else train.labels == confounded_class
+    candidates = torch.nonzero(in_class & train.mask.flatten(1).any(1)).flatten()
+    what = "confounded training samples" if confounded_class is None else "dotted 8s in the training data"
+    require(
+        0 <= pool_size <= len(candidates),
+        "size",
+        pool_size,
+        f"an integer from 0 to {len(candidates)}, the number of {what}",
+    )
+    return candidates
+
+
 def dotted_validation(val: Split, pool_original: Split, seed: int) -> Split | None:
     """The validation images, each with the confounder of a pool sample (drawn with
     repeats, seeded) pasted in: what a user who marked the confounder can measure
@@ -154,17 +173,19 @@ def dotted_validation(val: Split, pool_original: Split, seed: int) -> Split | No
 
 
 class UserCorrectedDataset:
-    """``pool_size`` corrected instances drawn (seeded) from the training samples
-    of ``confounded_class`` that carry a confounder (the dotted 8s; with
-    ``confounded_class=None`` any class, as in Decoy-MNIST).
+    """The pool of training samples of ``confounded_class`` that carry a confounder (the
+    dotted 8s; with ``confounded_class=None`` any class, as in Decoy-MNIST) the user has
+    corrected: the first ``pool_size`` in a seeded order, then more asked about with ``ask``
+    (interactive rounds, another query strategy's order).
 
     ``original`` keeps their confounded inputs and true confounder masks (what
     reliance is measured against), ``marks`` the pixels the user marked on them
     (``feedback``), ``corrected`` the inputs with the marked pixels replaced,
     the same targets and the marks as masks, and ``index`` says where each came
-    from in the training split. With ``correction="transplant"``, ``corrected``
-    holds instead their marked pixels pasted onto training images of other
-    classes (see ``transplant``).
+    from in the training split (each query's samples sorted, queries in order). With
+    ``correction="transplant"``, ``corrected`` holds instead their marked pixels pasted onto
+    training images of other classes (see ``transplant``). ``remaining`` holds the
+    candidates not asked about yet, in the seeded order.
     """
 
     def __init__(
@@ -175,28 +196,43 @@ class UserCorrectedDataset:
         seed: int = 0,
         confounded_class: int | None = CONFOUNDED_CLASS,
         feedback: Feedback = Feedback(),
+        order: Order | None = None,
     ):
         require_choice("correction", correction, CORRECTIONS)
-        in_class = True if confounded_class is None else train.labels == confounded_class
-        candidates = torch.nonzero(in_class & train.mask.flatten(1).any(1)).flatten()
-        what = "confounded training samples" if confounded_class is None else "dotted 8s in the training data"
-        require(
-            0 <= pool_size <= len(candidates),
-            "size",
-            pool_size,
-            f"an integer from 0 to {len(candidates)}, the number of {what}",
-        )
-        g = torch.Generator().manual_seed(seed + 2)
-        self.index = candidates[torch.randperm(len(candidates), generator=g)[:pool_size]].sort().values
-        self.original = train.subset(self.index)
-        self.feedback = feedback
+        candidates = pool_candidates(train, confounded_class, pool_size)
+        self.train, self.correction, self.feedback = train, correction, feedback
+        # the fills' and transplants' draws continue this generator from query to query
+        self.generator = torch.Generator().manual_seed(seed + 2)
+        self.remaining = candidates[torch.randperm(len(candidates), generator=self.generator)]
         # a generator of its own, so that exact feedback draws nothing and changes no other draw
-        self.marks = feedback.marks(self.original, torch.Generator().manual_seed(seed + 4))
-        marked = Split(self.original.x, self.original.targets, self.marks)
-        if correction == "transplant":
-            self.corrected = transplant(marked, train, g)
+        self.marking = torch.Generator().manual_seed(seed + 4)
+        self.index = torch.empty(0, dtype=torch.long)
+        self.original = self.corrected = train.subset(self.index)
+        self.marks = self.original.mask
+        self.ask(pool_size, order)
+
+    def ask(self, n: int, order: Order | None = None) -> torch.Tensor:
+        """Add the ``n`` remaining candidates that ``order`` (positions of the remaining candidates,
+        asked first first; default: the seeded order) puts first, marked and corrected; returns
+        their indices in the training split."""
+        ranked = self.remaining if order is None else self.remaining[order(self.train.subset(self.remaining))]
+        chosen = ranked[:n].sort().values
+        self.add(chosen)
+        return chosen
+
+    def add(self, chosen: torch.Tensor) -> None:
+        """Add the candidates ``chosen`` (training indices, in this order), marked and corrected."""
+        self.remaining = self.remaining[~torch.isin(self.remaining, chosen)]
+        original = self.train.subset(chosen)
+        marks = self.feedback.marks(original, self.marking)
+        marked = Split(original.x, original.targets, marks)
+        if self.correction == "transplant":
+            corrected = transplant(marked, self.train, self.generator)
         else:
-            self.corrected = Split(correct(marked.x, marked.mask, correction, g), marked.targets, marked.mask)
+            corrected = Split(correct(marked.x, marks, self.correction, self.generator), marked.targets, marks)
+        self.index = torch.cat([self.index, chosen])
+        self.original, self.corrected = concat(self.original, original), concat(self.corrected, corrected)
+        self.marks = torch.cat([self.marks, marks])
 
     def with_known_masks(self, train: Split) -> Split:
         """``train`` (the split the pool was drawn from) with masks only on the pool's
@@ -221,13 +257,18 @@ class CorrectedPool:
     ``random`` or ``mean`` fills, or ``transplant`` (the marked confounder
     pasted onto images of the other classes); which pixels the user marks:
     ``feedback`` with its ``feedback_fraction`` and ``feedback_radius`` (see
-    ``Feedback``; ``exact``: the confounder)."""
+    ``Feedback``; ``exact``: the confounder); which samples the user is asked about:
+    ``select`` (``xilsweep.queries``; ``random``: the guide's); over how many ``rounds``
+    the ``size`` queries are spread, the model fine-tuned after each and the next
+    queries chosen on it (``round_sizes``)."""
 
     size: int = 100
     correction: str = "zero"
     feedback: str = "exact"
     feedback_fraction: float = 0.5
     feedback_radius: int = 1
+    select: str = "random"
+    rounds: int = 1
 
     def __post_init__(self):
         require(
@@ -238,9 +279,29 @@ class CorrectedPool:
         )
         require_choice("correction", self.correction, CORRECTIONS)
         self.user_feedback()  # checks the feedback settings before any data is loaded
+        require_choice("select", self.select, SELECTIONS)
+        require(
+            isinstance(self.rounds, int)
+            and not isinstance(self.rounds, bool)
+            and 1 <= self.rounds <= max(self.size, 1),
+            "rounds",
+            self.rounds,
+            f"an integer from 1 to size={self.size} (each round asks at least one query)",
+        )
 
     def user_feedback(self) -> Feedback:
         return Feedback(self.feedback, self.feedback_fraction, self.feedback_radius)
 
-    def draw(self, train: Split, seed: int, confounded_class: int | None) -> UserCorrectedDataset:
-        return UserCorrectedDataset(train, self.size, self.correction, seed, confounded_class, self.user_feedback())
+    def round_sizes(self) -> list[int]:
+        """The queries of each round: ``size`` split as evenly as whole numbers allow, the
+        larger shares last (10 over 4 rounds: 2, 3, 2, 3)."""
+        return [self.size * (r + 1) // self.rounds - self.size * r // self.rounds for r in range(self.rounds)]
+
+    def check_size(self, train: Split, confounded_class: int | None) -> None:
+        """The size against the data's candidates, before any model is trained."""
+        pool_candidates(train, confounded_class, self.size)
+
+    def draw(self, train: Split, seed: int, confounded_class: int | None, order: Order | None = None):
+        """The pool after the first round's queries, in ``order`` (``query_order`` of ``select``)."""
+        first = self.round_sizes()[0]
+        return UserCorrectedDataset(train, first, self.correction, seed, confounded_class, self.user_feedback(), order)

@@ -66,6 +66,10 @@ class Split:
         return cls(d["x"].float() / 255, F.one_hot(d["labels"].long(), num_classes).float(), d["mask"])
 
 
+def concat(a: Split, b: Split) -> Split:
+    return Split(torch.cat([a.x, b.x]), torch.cat([a.targets, b.targets]), torch.cat([a.mask, b.mask]))
+
+
 @dataclass
 class XILData:
     """Everything a correction job needs; ``key`` names the generation settings.

@@ -37,17 +37,19 @@ from xilsweep.config import (  # importing it registers the config schemas
 from xilsweep.correction import UserCorrectedDataset, dotted_validation
 from xilsweep.data import Split, XILData
 from xilsweep.errors import NonFiniteLossError, SettingError
-from xilsweep.files import read_checked, save_state_dict
+from xilsweep.files import atomic_torch_save, read_checked, save_state_dict
 from xilsweep.losses import Method
 from xilsweep.metrics import REFERENCE_KINDS, RELIANCE, reliance_key, shortcut_removed_all
 from xilsweep.pretrain import cached_figures
+from xilsweep.queries import query_order
 from xilsweep.reasons import Explainer, training_images, validation_reliance, view_images
 from xilsweep.sampling import MixedBatchSampler
-from xilsweep.tracking import METRICS_FILE, EpochRecorder, RunRecorder, write_metrics
+from xilsweep.tracking import METRICS_FILE, EpochRecorder, RunRecorder, round_line, round_tags, write_metrics
 from xilsweep.training import FitData, FitResult, Trainer, scores
 
 log = logging.getLogger("xilsweep")
 CHECKPOINT_FILE = "checkpoint.pth"
+ROUNDS_FILE = "rounds.pth"  # a job of several rounds: the finished rounds, while the job runs
 # objective -> what a job returns to the sweeper: the best epoch's clean validation accuracy
 # (maximise), or it and the validation dot flip rate (maximise, minimise) for a Pareto search
 OBJECTIVES = ("clean", "pareto")
@@ -60,6 +62,8 @@ HPARAM_KEYS = {
     "pretrain_seed": "pretrain.seed",
     "correction": "pool.correction",
     "feedback": "pool.feedback",
+    "select": "pool.select",
+    "rounds": "pool.rounds",
     "k": "sampler.k",
     "batch_size": "sampler.batch_size",
     "optimizer": "trainer.optimizer",
@@ -145,7 +149,9 @@ class Job:
     confounded: dict  # the confounded model's record (accuracies, settings, cache path)
     oracle_model: torch.nn.Module
     oracle: dict
-    pool: UserCorrectedDataset
+    pool: UserCorrectedDataset  # after the first round's queries; ``ask`` adds a round's
+    round_sizes: list[int]  # the queries of each round (``pool.rounds``)
+    select: str  # the query strategy (``pool.select``, ``xilsweep.queries``)
     sampler: MixedBatchSampler
     loss: Method
     trainer: Trainer
@@ -164,11 +170,13 @@ class Job:
             "lr": self.trainer.lr,
             "loss": self.loss.name,
             **self.loss.hparams(),
-            "pool_size": len(self.pool),
+            "pool_size": sum(self.round_sizes),
             "seed": self.seed,
             "pretrain_seed": self.confounded["settings"].get("seed"),
             "correction": self.config["pool"]["correction"],
             "feedback": self.pool.feedback.label,
+            "select": self.config["pool"]["select"],
+            "rounds": self.config["pool"]["rounds"],
             "k": self.sampler.k_start,
             "batch_size": self.sampler.batch_size,
             "optimizer": self.trainer.optimizer_name,
@@ -250,16 +258,18 @@ class Job:
         return monitored
 
     def epoch_recorder(self, recorder: RunRecorder, monitored: dict[str, dict]) -> EpochRecorder:
-        shown = view_images(self.data, self.pool.corrected, self.pool.original, self.confounded_class)
         return EpochRecorder(
             recorder,
             measure=lambda attributions: self.reasons(self.model, attributions, monitor=True),
-            explain=lambda: self.explainer.views(self.model, shown),
+            explain=lambda: self.explainer.views(self.model, self.shown_images()),
             references=monitored,
             attribution_every=self.explainer.attribution_every,
             max_epochs=self.trainer.max_epochs,
             subset=self.monitored_subset(),
         )
+
+    def shown_images(self) -> dict[str, torch.Tensor]:
+        return view_images(self.data, self.pool.corrected, self.pool.original, self.confounded_class)
 
     def fine_tune(self, on_epoch: EpochRecorder, checkpoint: Path) -> FitResult:
         torch.manual_seed(self.seed)
@@ -268,6 +278,28 @@ class Job:
         return self.trainer.fit(
             self.model, data, self.loss, on_epoch=on_epoch, checkpoint=checkpoint, validate=self.validation()
         )
+
+    def ask(self, n: int, chosen: torch.Tensor | None = None) -> torch.Tensor:
+        """The next round's queries added to the pool: chosen by ``select`` on the current model
+        (or the ``chosen`` training indices, replaying a recorded round); the dotted validation
+        images and the sampler follow the grown pool. Returns the queries' training indices."""
+        if chosen is None:
+            chosen = self.pool.ask(n, partial(query_order, self.select, self.model, self.explainer))
+        else:
+            self.pool.add(chosen)
+        self.val_dotted = dotted_validation(self.data.val, self.pool.original, self.seed)
+        self.sampler.set_sizes(len(self.data.train), len(self.pool))
+        return chosen
+
+    def restore_rounds(self, path: Path) -> list[dict]:
+        """The rounds a killed job finished (``ROUNDS_FILE``): their records, the pool grown by
+        their queries, the model and the method as the last one left them."""
+        state = read_checked(path)[1]
+        for done in state["rounds"][1:]:
+            self.ask(len(done["queries"]), torch.tensor(done["queries"]))
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["method"])
+        return state["rounds"]
 
     def results(self, fit: FitResult, record: dict, epochs: EpochRecorder) -> dict:
         """The finished job's figures: the best epoch's validation figures, the test figures of the
@@ -296,36 +328,58 @@ class Job:
         ``varied``: the config keys the job's sweep varies, whose settings the hparams entry
         marks as varied (TensorBoard lists them first).
 
+        With several rounds (``pool.rounds``), each round fine-tunes the model the last one
+        left with the pool grown by its queries; the record is the last round's, with every
+        round's figures under ``rounds``, and a killed job resumes in the round it was in.
         The record says ``running`` until it is replaced by ``done`` or ``failed``.
         """
         clock = {"began": time.perf_counter()}
-        checkpoint = out_dir / CHECKPOINT_FILE
-        resumed = read_checked(checkpoint)[1]["epoch"] if self.trainer.resume and checkpoint.exists() else None
-        if resumed is None:
-            start_over(out_dir, checkpoint)
+        checkpoint, rounds_file = out_dir / CHECKPOINT_FILE, out_dir / ROUNDS_FILE
+        resuming = self.trainer.resume and (checkpoint.exists() or rounds_file.exists())
+        rounds = self.restore_rounds(rounds_file) if resuming and rounds_file.exists() else []
+        step = sum(done["epochs_run"] + 1 for done in rounds)  # the TensorBoard step of this round's epoch 0
+        resumed = read_checked(checkpoint)[1]["epoch"] if resuming and checkpoint.exists() else None
+        if not resuming:
+            start_over(out_dir, checkpoint, rounds_file)
         else:
-            log.info("resumed from epoch %d (%s)", resumed, checkpoint)
-        # On resume, TensorBoard drops the killed run's events from the first epoch redone on.
-        recorder = RunRecorder(out_dir, purge_step=None if resumed is None else resumed + 1)
+            in_round = f"in round {len(rounds) + 1} " if len(self.round_sizes) > 1 else ""
+            log.info("resumed %sfrom epoch %d (%s)", in_round, resumed or 0, checkpoint)
+        # On resume, TensorBoard drops the killed run's events from the first step redone on.
+        recorder = RunRecorder(out_dir, purge_step=step + (resumed or -1) + 1 if resuming else None)
         record = self.start_record(out_dir, overrides)
         write_metrics(out_dir, record)
         try:
             clock["references_began"] = time.perf_counter()
             monitored = self.record_references(record)
             clock["references_ended"] = time.perf_counter()
-            if resumed is None:
+            if not resuming:
                 recorder.images(training_images(self.data.train, self.pool, self.confounded_class))
             epochs = self.epoch_recorder(recorder, monitored)
             clock["fit_began"] = time.perf_counter()
-            fit = self.fine_tune(epochs, checkpoint)
-            clock["fit_ended"] = time.perf_counter()
-            record.update(self.results(fit, record, epochs))
-            clock["final_reasons"] = time.perf_counter()
-            recorder.hparams(record["settings"], final_metrics(record), self.varied_hparams(varied))
+            for number, size in enumerate(self.round_sizes[len(rounds) :], start=len(rounds)):
+                queries = self.pool.index if number == 0 else self.ask(size)
+                epochs.begin_round(step, None if number else monitored["confounded"])
+                fit = self.fine_tune(epochs, checkpoint)
+                clock["fit_ended"] = time.perf_counter()
+                result = self.results(fit, record, epochs)
+                record.update(result)
+                clock["final_reasons"] = time.perf_counter()
+                if len(self.round_sizes) > 1:
+                    rounds.append(self.round_record(number, queries, result))
+                    recorder.round(rounds[-1])
+                    log.info("%s", round_line(rounds[-1], len(self.round_sizes), record))
+                    step += fit.epochs_run + 1
+                    checkpoint.unlink(missing_ok=True)  # first: a round recorded below never meets its checkpoint
+                    state = {"rounds": rounds, "model": self.model.state_dict(), "method": self.loss.state_dict()}
+                    atomic_torch_save(state, rounds_file)
+            if rounds:
+                record["rounds"] = rounds
+            recorder.hparams(record["settings"], final_metrics(record), self.varied_hparams(varied), round_tags(rounds))
             if self.save_model:
                 save_state_dict(self.model, out_dir / "model.pth")
             record["seconds_by_stage"] = self.stages(clock, epochs)
-            checkpoint.unlink(missing_ok=True)  # the job is complete; model.pth holds the result
+            for done in (checkpoint, rounds_file):  # the job is complete; model.pth holds the result
+                done.unlink(missing_ok=True)
         except Exception as e:
             reason = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
             record.update({"status": "failed", "reason": reason, "traceback": traceback.format_exc()})
@@ -335,6 +389,12 @@ class Job:
             recorder.close()
             write_metrics(out_dir, record)
         return record
+
+    def round_record(self, number: int, queries: torch.Tensor, result: dict) -> dict:
+        """One round's figures (``results`` without the history and timings), with its queries."""
+        left_out = ("status", "history", "seconds_per_epoch", "reasons_seconds_per_epoch")
+        figures = {key: value for key, value in result.items() if key not in left_out}
+        return {"round": number + 1, "corrections": len(self.pool), "queries": queries.tolist(), **figures}
 
     def stages(self, clock: dict[str, float], epochs: EpochRecorder) -> dict:
         """Where the job's time went, from the moments ``run`` noted."""
@@ -353,18 +413,19 @@ class Job:
         }
 
 
-def start_over(out_dir: Path, checkpoint: Path) -> None:
+def start_over(out_dir: Path, checkpoint: Path, rounds_file: Path) -> None:
     """Remove what an unfinished earlier run of the job in ``out_dir`` (its record says so) left
-    for this run to add to: its checkpoint, its TensorBoard events, so that this run's curves
-    start at epoch 0 alone."""
-    left = [path for path in (checkpoint, *sorted(out_dir.glob("events.out.tfevents.*"))) if path.exists()]
+    for this run to add to: its checkpoint and finished rounds, its TensorBoard events, so that
+    this run's curves start at epoch 0 alone."""
+    saved = [path for path in (checkpoint, rounds_file) if path.exists()]
+    left = [*saved, *sorted(out_dir.glob("events.out.tfevents.*"))]
     if not left or not (out_dir / METRICS_FILE).exists():
         return
     log.warning(
         "%s holds an unfinished earlier run of this job: starting over from epoch 0, its %s removed%s",
         out_dir,
-        "checkpoint and TensorBoard events" if checkpoint in left else "TensorBoard events",
-        " (trainer.resume=true continues a killed job instead)" if checkpoint in left else "",
+        "checkpoint and TensorBoard events" if saved else "TensorBoard events",
+        " (trainer.resume=true continues a killed job instead)" if saved else "",
     )
     for path in left:
         path.unlink()
@@ -439,24 +500,32 @@ def checked_settings(cfg: DictConfig) -> Settings:
     return Settings(data=data_spec, model=model, **built)
 
 
-def data_and_pool(settings: Settings, seed: int) -> tuple[XILData, UserCorrectedDataset]:
-    """The data, the pool drawn from it and the sampler sized to both; the problems only sizes reveal."""
+def loaded_data(settings: Settings) -> XILData:
+    """The data, with the pool's size and the sampler checked against it: the problems only
+    sizes reveal, found before any model is trained."""
     try:
         data = settings.data.load()
     except SettingError as e:
         raise ConfigError(str(e.in_group("data"))) from None
     try:
-        pool = settings.pool.draw(data.train, seed, data.confounded_class)
+        settings.pool.check_size(data.train, data.confounded_class)
     except SettingError as e:
         raise ConfigError(str(e.in_group("pool"))) from None
     sampler = settings.sampler
     try:
-        sampler.set_sizes(len(data.train), len(pool))
+        sampler.set_sizes(len(data.train), settings.pool.round_sizes()[0])
     except SettingError as e:  # the only size a user sets here is the pool's
         raise ConfigError(
-            str(SettingError("pool.size", len(pool), f"{e.allowed} (sampler.k={sampler.k_start})"))
+            str(SettingError("pool.size", settings.pool.size, f"{e.allowed} (sampler.k={sampler.k_start})"))
         ) from None
-    return data, pool
+    return data
+
+
+def first_pool(settings: Settings, data: XILData, seed: int, model: torch.nn.Module | None) -> UserCorrectedDataset:
+    """The pool after the first round's queries, chosen by ``pool.select`` on ``model`` (the
+    confounded model; ``random`` reads none)."""
+    order = partial(query_order, settings.pool.select, model, settings.explainer)
+    return settings.pool.draw(data.train, seed, data.confounded_class, order)
 
 
 def assemble(cfg: DictConfig) -> Job:
@@ -466,7 +535,7 @@ def assemble(cfg: DictConfig) -> Job:
     settings = checked_settings(cfg)
     seed_everything(cfg.seed)
     settings.trainer.apply_process_settings()
-    data, pool = data_and_pool(settings, cfg.seed)
+    data = loaded_data(settings)
     model_settings = OmegaConf.to_container(cfg.model, resolve=True)
 
     def fresh_model():
@@ -475,6 +544,7 @@ def assemble(cfg: DictConfig) -> Job:
     trainer, pretrain = settings.trainer, settings.pretrain
     model, confounded = pretrain.confounded_model(data, fresh_model, model_settings, trainer)
     oracle_model, oracle = pretrain.oracle_model(data, fresh_model, model_settings, trainer)
+    pool = first_pool(settings, data, cfg.seed, model)
     return Job(
         seed=cfg.seed,
         save_model=cfg.save_model,
@@ -484,6 +554,8 @@ def assemble(cfg: DictConfig) -> Job:
         oracle_model=oracle_model,
         oracle=oracle,
         pool=pool,
+        round_sizes=settings.pool.round_sizes(),
+        select=settings.pool.select,
         sampler=settings.sampler,
         loss=settings.loss,
         trainer=trainer,

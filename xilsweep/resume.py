@@ -33,7 +33,13 @@ HOW_IT_RUNS = (
 RECORD_STATUSES = ("running", "done", "failed")
 # Settings added after jobs were recorded without them, with the value that computes what those
 # jobs computed: a record without the key is read as having that value.
-ADDED_SETTINGS = {"pool.feedback": "exact", "pool.feedback_fraction": 0.5, "pool.feedback_radius": 1}
+ADDED_SETTINGS = {
+    "pool.feedback": "exact",
+    "pool.feedback_fraction": 0.5,
+    "pool.feedback_radius": 1,
+    "pool.select": "random",
+    "pool.rounds": 1,
+}
 
 
 def read_record(metrics_file: Path) -> dict | None:

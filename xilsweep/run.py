@@ -37,15 +37,23 @@ def shown(value) -> str:
     return str(value)
 
 
-def run_name(lr, loss, lam, pool, seed, correction="zero", feedback="exact", fraction=0.5, radius=1) -> str:
+def run_name(
+    lr, loss, lam, pool, seed, correction="zero", feedback="exact", fraction=0.5, radius=1, select="random", rounds=1
+) -> str:
     """Folder/run name from the settings a sweep usually varies (values as written, floats
     rounded by ``shown``, unchecked: validation happens in the job, which reports bad values
     clearly); a correction other than the guide's zero fill is named after the pool size, then
-    a feedback other than exact (``feedbackwrong``, ``feedbackincomplete0.5``)."""
+    a feedback other than exact (``feedbackwrong``, ``feedbackincomplete0.5``), a query strategy
+    other than random (``selectcaipi``) and rounds other than one (``rounds5``)."""
     lam_part = "" if lam is None else f"_lam{shown(lam)}"
     correction_part = "" if correction == "zero" else f"_{correction}"
     feedback_part = "" if feedback == "exact" else f"_feedback{feedback_label(feedback, fraction, radius)}"
-    return f"lr{shown(lr)}_loss{loss}{lam_part}_pool{pool}{correction_part}{feedback_part}_seed{seed}"
+    select_part = "" if select == "random" else f"_select{select}"
+    rounds_part = "" if rounds == 1 else f"_rounds{rounds}"
+    return (
+        f"lr{shown(lr)}_loss{loss}{lam_part}_pool{pool}{correction_part}{feedback_part}{select_part}{rounds_part}"
+        f"_seed{seed}"
+    )
 
 
 def log_label(mode, output_dir: str) -> str:

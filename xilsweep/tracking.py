@@ -32,6 +32,7 @@ from xilsweep.metrics import (
     REFERENCE_LABELS,
     RELIANCE,
     epoch_tags,
+    headline,
     headline_text,
     shortcut_removed_all,
 )
@@ -109,13 +110,24 @@ class RunRecorder:
             cells = torch.nn.functional.pad(x[:n].detach().float(), (GRID_PADDING, 0, GRID_PADDING, 0), value=0.5)
             self.writer.add_images(tag, cells, step)  # TensorBoard's own grid: no torchvision in the job
 
-    def hparams(self, settings: dict, final_metrics: dict, varied: Collection[str] = ()) -> None:
+    def round(self, figures: dict) -> None:
+        """One interactive round's figures on the whole test set (``Round/*``), at the step of the
+        corrections made so far."""
+        for tag, value in round_scalars(figures).items():
+            if value is not None:
+                self.writer.add_scalar(tag, value, figures["corrections"])
+        self.writer.flush()
+
+    def hparams(
+        self, settings: dict, final_metrics: dict, varied: Collection[str] = (), listed: Collection[str] = ()
+    ) -> None:
         """One hparams entry in this run (not the sub-run ``add_hparams`` makes). Its experiment
         marks the settings named in ``varied`` as differing: TensorBoard's HPARAMS lists those
-        first and shows the first five; it shows the first five metrics, in ``final_metrics``' order."""
+        first and shows the first five; it shows the first five metrics, in ``final_metrics``' order,
+        then the tags in ``listed`` (already written, such as the rounds' curves: not written again)."""
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
         metrics = {k: v for k, v in final_metrics.items() if v is not None and math.isfinite(v)}
-        experiment, start, end = hparams_summary(clean, metrics)
+        experiment, start, end = hparams_summary(clean, {**metrics, **dict.fromkeys(listed, 0.0)})
         for summary in (varied_first(experiment, varied), start, end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
@@ -143,6 +155,35 @@ def varied_first(experiment: Summary, varied: Collection[str]) -> Summary:
         value=[
             Summary.Value(tag=hparams_metadata.EXPERIMENT_TAG, metadata=hparams_metadata.create_summary_metadata(data))
         ]
+    )
+
+
+def round_scalars(figures: dict) -> dict:
+    """TensorBoard tag -> value of a round's figures: clean test accuracy, reliance figures and
+    their shares of the shortcut removed (``Round/dot_flip_rate``, ``Round/shortcut_removed_dot_flip_rate``)."""
+    removed = figures["shortcut_removed"]
+    return {
+        "Round/test_accuracy": figures["test_accuracy"],
+        **{f"Round/{f.key}": figures[f.key] for f in RELIANCE},
+        **{f"Round/shortcut_removed_{f.key}": removed[f.key] for f in RELIANCE},
+    }
+
+
+def round_tags(rounds: list[dict]) -> list[str]:
+    """The ``Round/*`` tags the rounds wrote (none for a job of one round)."""
+    return [tag for tag, value in round_scalars(rounds[-1]).items() if value is not None] if rounds else []
+
+
+def round_line(figures: dict, n_rounds: int, record: dict) -> str:
+    """The log line of a finished round: its corrections so far, the clean test accuracy and
+    the headline reliance figure with its share of the shortcut removed, on the whole test set."""
+    found = headline(figures)
+    removed = "" if found is None else figures["shortcut_removed"].get(found[0].key)
+    share = "" if removed in ("", None) else f" (shortcut removed {removed:.2f})"
+    return (
+        f"round {figures['round']}/{n_rounds}: {figures['corrections']} corrections, "
+        f"clean test accuracy {100 * figures['test_accuracy']:.2f}%, {headline_text(figures)}{share}"
+        f" (confounded {headline_text(record['confounded'])}, oracle {headline_text(record['oracle'])})"
     )
 
 
@@ -201,19 +242,26 @@ class EpochRecorder:
         self.recorder, self.measure, self.explain, self.references = recorder, measure, explain, references
         self.attribution_every, self.max_epochs, self.subset = attribution_every, max_epochs, subset
         self.reason_seconds: list[float] = []
+        self.step, self.start = 0, references["confounded"]
         recorder.reference_layout(subset)
+
+    def begin_round(self, step: int, start: dict | None) -> None:
+        """The next fit's epochs go to steps ``step + epoch``; its epoch 0 has the figures
+        ``start`` (those of the model the round starts from; None: measured)."""
+        self.step, self.start = step, start
 
     def __call__(self, epoch: int, metrics: dict) -> None:
         began = time.perf_counter()
         attributions = epoch % self.attribution_every == 0
-        reasons = self.references["confounded"] if epoch == 0 else self.measure(attributions)
+        reasons = self.start if epoch == 0 and self.start is not None else self.measure(attributions)
         if attributions:
-            self.recorder.images({f"Explanations/{view}": x for view, x in self.explain().items()}, step=epoch)
+            views = self.explain()
+            self.recorder.images({f"Explanations/{view}": x for view, x in views.items()}, step=self.step + epoch)
         if epoch > 0:
             self.reason_seconds.append(time.perf_counter() - began)
         removed = shortcut_removed_all(self.references["confounded"], reasons, self.references["oracle"])
         scalars = {**reliance_scalars(reasons, removed), **reference_scalars(self.references)}
-        self.recorder.epoch(epoch, {**metrics, **scalars})
+        self.recorder.epoch(self.step + epoch, {**metrics, **scalars})
         log.info("%s", epoch_line(epoch, self.max_epochs, metrics, reasons, self.subset))
 
     def mean_reason_seconds(self) -> float | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from xilsweep.data import Split
+from xilsweep.data import Split, concat
 from xilsweep.devices import choose_device
 from xilsweep.errors import NonFiniteLossError, require, require_choice
 from xilsweep.files import atomic_torch_save, read_checked
@@ -43,10 +43,6 @@ def mean_score(metrics: dict) -> float:
 
 # trainer.stop_on -> the epoch's validation score that early stopping maximises
 STOP_SCORES = {"clean": clean_score, "dotted": dotted_score, "both": mean_score}
-
-
-def concat(a: Split, b: Split) -> Split:
-    return Split(torch.cat([a.x, b.x]), torch.cat([a.targets, b.targets]), torch.cat([a.mask, b.mask]))
 
 
 # a step's named losses -> the epoch metric of their mean; a method's own (TensorBoard tags) keep their names

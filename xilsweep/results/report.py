@@ -32,6 +32,7 @@ from xilsweep.results.collect import (
 )
 from xilsweep.results.curves import file_name, picked_jobs, plot_training_curves
 from xilsweep.results.folders import is_search, optuna_lines, sweep_folders
+from xilsweep.results.interaction import answer_interaction
 from xilsweep.results.pareto import is_pareto_search, pareto_table
 from xilsweep.results.plots import PlotData, plot_against, plot_methods, plot_pareto
 from xilsweep.results.select import (
@@ -113,6 +114,7 @@ def answers_section(jobs: list[Job], table: pd.DataFrame, summary: pd.DataFrame,
     if len(summary):
         lines += [*answer_removal(table, summary, varied, rule), ""]
         lines += [*answer_balanced(table, summary, varied, rule), ""]
+        lines += answer_interaction(table, summary, varied, rule)
     lines += [f"- {answer_fit(table, jobs)}"]
     if len(summary):
         line = headline(table)

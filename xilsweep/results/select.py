@@ -1,9 +1,9 @@
 """Which settings a sweep varies, the summary over seeds per setting, and the best setting.
 
 The varied settings are the job overrides that differ between jobs; a
-method is what the method settings (loss, correction, model) name, the pool
-size and the user's feedback quality (``pool.feedback*``) the conditions it is
-compared under, and the rest (λ, learning rate, ...) settings chosen per
+method is what the method settings (loss, correction, model, and the user's
+query strategy and rounds) name, the pool size and the user's feedback quality
+(``pool.feedback*``) the conditions it is compared under, and the rest (λ, learning rate, ...) settings chosen per
 method and condition, never across methods. A setting
 is summarised over its seeds and chosen by its mean validation score, the one
 the jobs' early stopping maximised (``trainer.stop_on``), ties to the lower
@@ -22,7 +22,7 @@ from xilsweep.results.collect import SEED, STOP_SCORE, VAL_LOSS, Job, stop_rule
 # The settings the guide's questions are about.
 LR, LOSS, LAMBDA, POOL = "trainer.lr", "loss", "loss.lam", "pool.size"
 # Settings that tell one method from another, and those a method is compared under.
-METHOD_KEYS = (LOSS, "pool.correction", "model")
+METHOD_KEYS = (LOSS, "pool.correction", "model", "pool.select", "pool.rounds")
 CONDITION_KEYS = (POOL, "pool.feedback", "pool.feedback_fraction", "pool.feedback_radius")
 # trainer.stop_on (xilsweep.training.STOP_SCORES) in words
 STOP_RULES = {
