@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 import xilsweep.decoy  # noqa: F401 (defines, and so registers, Decoy-MNIST)
+import xilsweep.patch  # noqa: F401 (and Patch-MNIST)
 from xilsweep.correction import CorrectedPool
 from xilsweep.data import DATASETS
 from xilsweep.losses import METHODS
@@ -42,7 +43,7 @@ GROUPS = {
     "explainer": (GradCAM, InputGradients),
 }
 # Constructor arguments the job supplies when it assembles the objects, not settings.
-SUPPLIED = {"n_confounded", "pool_size", "num_classes", "in_shape"}
+SUPPLIED = {"n_confounded", "pool_size", "num_classes", "in_shape", "mean", "std"}
 
 
 def defaults(target: type) -> dict:

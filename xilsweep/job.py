@@ -423,9 +423,8 @@ def checked_settings(cfg: DictConfig) -> Settings:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):  # other groups read it: stop here
         raise ConfigError(f"seed={cfg.seed!r} is not allowed: an integer")
     data_spec = attempt("data")
-    num_classes = data_spec.num_classes if data_spec is not None else 2
     built = {group: attempt(group) for group in ("trainer", "loss", "explainer", "pretrain", "pool", "sampler")}
-    model = attempt("model", num_classes=num_classes)
+    model = attempt("model", **(data_spec.model_inputs() if data_spec is not None else {}))
     for needs_model in (built["explainer"], built["loss"]):
         if model is not None and needs_model is not None:
             try:
@@ -470,7 +469,7 @@ def assemble(cfg: DictConfig) -> Job:
     model_settings = OmegaConf.to_container(cfg.model, resolve=True)
 
     def fresh_model():
-        return build(cfg, "model", num_classes=settings.data.num_classes)
+        return build(cfg, "model", **data.model_inputs())
 
     trainer, pretrain = settings.trainer, settings.pretrain
     model, confounded = pretrain.confounded_model(data, fresh_model, model_settings, trainer)

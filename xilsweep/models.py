@@ -1,19 +1,30 @@
 """Small image classifiers. Inputs are pixels in [0, 1]; each model
-normalises them itself, so masks, corrections and saliency stay in pixel space."""
+normalises them itself with the data's per-channel statistics (supplied by the
+job from the data contract, ``XILData.model_inputs``), so masks, corrections and
+saliency stay in pixel space."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from xilsweep.data import MNIST_MEAN, MNIST_STD
 from xilsweep.errors import require
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel (one value: every channel). The statistics are
+    buffers outside the state dict: they come from the data, not the weights."""
+
+    def __init__(self, mean: tuple[float, ...] = MNIST_MEAN, std: tuple[float, ...] = MNIST_STD):
+        super().__init__()
+        require(len(mean) == len(std) >= 1, "std", list(std), f"one value per value of mean ({list(mean)})")
+        require(all(s > 0 for s in std), "std", list(std), "positive numbers")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
     def forward(self, x):
-        return (x - MNIST_MEAN) / MNIST_STD
+        return (x - self.mean) / self.std
 
 
 class ConvNet(nn.Module):
@@ -33,6 +44,8 @@ class ConvNet(nn.Module):
         dropout: float = 0.0,
         num_classes: int = 2,
         in_shape: tuple[int, int, int] = (1, 28, 28),
+        mean: tuple[float, ...] = MNIST_MEAN,
+        std: tuple[float, ...] = MNIST_STD,
     ):
         super().__init__()
         channels, pool, hidden = list(channels), list(pool), list(hidden)
@@ -44,7 +57,7 @@ class ConvNet(nn.Module):
         )
         require(len(pool) == len(channels), "pool", pool, f"one true/false per conv layer ({len(channels)})")
         require(0 <= dropout < 1, "dropout", dropout, "a number in [0, 1)")
-        layers: list[nn.Module] = [Normalize()]
+        layers: list[nn.Module] = [Normalize(mean, std)]
         in_ch = in_shape[0]
         for out_ch, pooled in zip(channels, pool, strict=True):
             # Pooling before the ReLU is the same function (ReLU is monotone) on a quarter of the values.
@@ -77,10 +90,15 @@ class MLP(nn.Module):
     """Fully connected ReLU network (Ross et al. 2017 use 50-30 for Decoy-MNIST)."""
 
     def __init__(
-        self, hidden: list[int] = (50, 30), num_classes: int = 2, in_shape: tuple[int, int, int] = (1, 28, 28)
+        self,
+        hidden: list[int] = (50, 30),
+        num_classes: int = 2,
+        in_shape: tuple[int, int, int] = (1, 28, 28),
+        mean: tuple[float, ...] = MNIST_MEAN,
+        std: tuple[float, ...] = MNIST_STD,
     ):
         super().__init__()
-        layers: list[nn.Module] = [Normalize(), nn.Flatten()]
+        layers: list[nn.Module] = [Normalize(mean, std), nn.Flatten()]
         width = in_shape[0] * in_shape[1] * in_shape[2]
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
