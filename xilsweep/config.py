@@ -23,7 +23,7 @@ from xilsweep.correction import CorrectedPool
 from xilsweep.data import DATASETS
 from xilsweep.losses import METHODS
 from xilsweep.losses.tuned import tuned_keys, tuned_settings
-from xilsweep.models import MLP, ConvNet
+from xilsweep.models import MLP, ConvNet, TorchvisionModel
 from xilsweep.pretrain import Pretraining
 from xilsweep.reasons import GradCAM, InputGradients
 from xilsweep.sampling import MixedBatchSampler
@@ -34,7 +34,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # the top-level conf/, ship
 # are live views of their registries.
 GROUPS = {
     "data": DATASETS.values(),
-    "model": (ConvNet, MLP),
+    "model": (ConvNet, MLP, TorchvisionModel),
     "loss": METHODS.values(),
     "pool": (CorrectedPool,),
     "sampler": (MixedBatchSampler,),
