@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, run_xilsweep
+from helpers import REPO, run_xilsweep, write_folder
 from xilsweep.data import ConfoundedMNIST08
 
 
@@ -29,6 +29,13 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data(data_root):
     return ConfoundedMNIST08(root=str(data_root)).load()
+
+
+@pytest.fixture(scope="session")
+def folder_manifest(data, tmp_path_factory) -> Path:
+    """A manifest for data=folder: 400 images of each of 08MNIST's train, val and test splits
+    as PNGs with their masks; no oracle's set, no dotted test set."""
+    return write_folder(data, tmp_path_factory.mktemp("folder"), splits=("train", "val", "test"), limit=400)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 import xilsweep.decoy  # noqa: F401 (defines, and so registers, Decoy-MNIST)
+import xilsweep.folder  # noqa: F401 (your own images)
 import xilsweep.patch  # noqa: F401 (and Patch-MNIST)
 from xilsweep.correction import CorrectedPool
 from xilsweep.data import DATASETS

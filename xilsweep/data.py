@@ -386,6 +386,10 @@ class CachedData:
     def directory(self) -> Path:
         return Path(self.root) / self.folder / self.key
 
+    def confounded_index(self) -> int | None:
+        """The class index the confounder points to (None: per sample only)."""
+        return self.confounded_class
+
     def statistics(self, train_payload: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The per-channel mean and standard deviation the model normalises with."""
         return self.mean, self.std
@@ -427,7 +431,7 @@ class CachedData:
             decorrelated_train=split(train_payload, "train_decorrelated")
             if "train_decorrelated" in train_payload
             else None,
-            confounded_class=self.confounded_class,
+            confounded_class=self.confounded_index(),
             class_names=tuple(self.class_names),
             mean=tuple(mean),
             std=tuple(std),

@@ -217,7 +217,8 @@ def write_explanations(
     models = {"confounded\nmodel": job.model}
     if not confounded:
         models[f"corrected\nmodel\n({job.loss.name})"] = load_corrected(job, run_dir)
-    models["oracle"] = job.oracle_model
+    if job.oracle_model is not None:  # the data set may have no oracle
+        models["oracle"] = job.oracle_model
     target = target or job.explainer.target
     out = run_dir / OUTPUT_DIR / ("confounded" if confounded else "")
     figures = {"before_after": dotted_examples(job.data.test_dotted, job.confounded_class, n)}

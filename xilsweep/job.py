@@ -143,7 +143,7 @@ class Job:
     data: XILData
     model: torch.nn.Module  # the confounded model, fine-tuned in place into the corrected one
     confounded: dict  # the confounded model's record (accuracies, settings, cache path)
-    oracle_model: torch.nn.Module
+    oracle_model: torch.nn.Module | None  # None: the data has no decorrelated training set
     oracle: dict
     pool: UserCorrectedDataset
     sampler: MixedBatchSampler
@@ -196,9 +196,12 @@ class Job:
     ) -> dict:
         return self.explainer.reasons(model, self.data, self.confounded_class, attributions, monitor, clean_pred)
 
-    def reference_reasons(self, model: torch.nn.Module, reference: dict) -> tuple[dict, dict]:
+    def reference_reasons(self, model: torch.nn.Module | None, reference: dict) -> tuple[dict, dict]:
         """A reference model's figures under this job's explainer, on the whole test set and
-        on the monitored subset, cached beside the cached model (``pretrain.cached_figures``)."""
+        on the monitored subset, cached beside the cached model (``pretrain.cached_figures``);
+        none for an absent reference (no oracle)."""
+        if model is None:
+            return ({f.key: None for f in RELIANCE},) * 2
         explainer = {k: v for k, v in self.config["explainer"].items() if k != "attribution_every"}
         both = cached_figures(
             reference,
