@@ -10,9 +10,9 @@ import torch
 from torchvision.io import write_png
 
 from helpers import TINY, job_config, write_folder
+from xilsweep.datasets.folder import FolderData
 from xilsweep.decoy import DecoyMNIST
 from xilsweep.errors import DataError
-from xilsweep.folder import FolderData
 from xilsweep.job import ConfigError, assemble
 from xilsweep.metrics import RELIANCE
 from xilsweep.pretrain import NO_ORACLE

@@ -9,10 +9,10 @@ import torch
 from helpers import TINY, events, job_config
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.data import border_background
+from xilsweep.datasets.patch_mnist import PatchMNIST
 from xilsweep.job import assemble
 from xilsweep.losses import METHODS
 from xilsweep.losses.base import Batch
-from xilsweep.patch import PatchMNIST
 from xilsweep.reasons import training_images
 from xilsweep.run import run_job
 

@@ -17,9 +17,8 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-import xilsweep.decoy  # noqa: F401 (defines, and so registers, Decoy-MNIST)
-import xilsweep.folder  # noqa: F401 (your own images)
-import xilsweep.patch  # noqa: F401 (and Patch-MNIST)
+import xilsweep.datasets  # noqa: F401 (defines, and so registers, every data set of xilsweep/datasets/)
+import xilsweep.decoy  # noqa: F401 (and Decoy-MNIST)
 from xilsweep.correction import CorrectedPool
 from xilsweep.data import DATASETS
 from xilsweep.losses import METHODS
