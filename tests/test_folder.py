@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from helpers import TINY, job_config, write_folder
+from helpers import REPO, TINY, job_config, write_folder
 from xilsweep.datasets.folder import FolderData
 from xilsweep.decoy import DecoyMNIST
 from xilsweep.errors import DataError
@@ -150,3 +150,26 @@ def test_a_bad_setting_or_label_is_one_line_before_any_image_is_read(override, m
     with pytest.raises(ConfigError) as e:
         assemble(job_config([*TINY, "data=folder", f"data.manifest={folder_manifest}", override], data_root))
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_worked_example_of_docs_data_md_makes_a_manifest_data_folder_reads(data, tmp_path, monkeypatch):
+    text = (REPO / "docs" / "data.md").read_text()
+    snippet = text.split("The manifest, written by a few lines of Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    root = tmp_path / "lesions"
+    for split_name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        for i in range(6):
+            label = data.class_names[int(split.labels[i])]
+            (root / "images" / split_name / label).mkdir(parents=True, exist_ok=True)
+            write_png(
+                (split.x[i] * 255).round().to(torch.uint8), str(root / "images" / split_name / label / f"{i}.png")
+            )
+            if split.mask[i].any():
+                (root / "masks" / split_name / label).mkdir(parents=True, exist_ok=True)
+                mask = split.mask[i].to(torch.uint8) * 255
+                write_png(mask, str(root / "masks" / split_name / label / f"{i}.png"))
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {})
+    read = FolderData(root=str(tmp_path), manifest=str(root / "manifest.csv"), channels=1, confounded_class="8").load()
+    assert len(read.train) == len(read.val) == len(read.test) == 6
+    assert sorted(x.numpy().tobytes() for x in read.train.x) == sorted(x.numpy().tobytes() for x in data.train.x[:6])
+    assert torch.equal(read.train.mask.flatten(1).any(1), read.train.labels == 1)  # the 8s' masks, found by name
