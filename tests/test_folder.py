@@ -173,3 +173,24 @@ def test_the_worked_example_of_docs_data_md_makes_a_manifest_data_folder_reads(d
     assert len(read.train) == len(read.val) == len(read.test) == 6
     assert sorted(x.numpy().tobytes() for x in read.train.x) == sorted(x.numpy().tobytes() for x in data.train.x[:6])
     assert torch.equal(read.train.mask.flatten(1).any(1), read.train.labels == 1)  # the 8s' masks, found by name
+
+
+def test_images_of_any_size_and_format_are_resized_and_masks_follow_by_nearest_neighbour(tmp_path):
+    from torchvision.io import write_jpeg
+
+    image = torch.zeros(3, 30, 40, dtype=torch.uint8)
+    image[0] = 200  # red
+    mask = torch.zeros(1, 30, 40, dtype=torch.uint8)
+    mask[:, :15, :20] = 255  # the top-left quarter
+    write_jpeg(image, str(tmp_path / "a.jpg"))
+    write_png(image, str(tmp_path / "b.png"))
+    write_png(mask, str(tmp_path / "m.png"))
+    rows = ["image,label,split,mask", "a.jpg,cat,train,m.png", "b.png,dog,train,", "b.png,cat,val,", "a.jpg,dog,test,"]
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    read = FolderData(root=str(tmp_path), manifest=str(tmp_path / "manifest.csv"), image_size=[12, 16]).load()
+    assert read.in_shape == (3, 12, 16) and read.class_names == ("cat", "dog") and read.num_classes == 2
+    expected = torch.zeros(1, 12, 16, dtype=torch.bool)
+    expected[:, :6, :8] = True
+    assert torch.equal(read.train.mask[0], expected) and not read.train.mask[1].any()
+    assert (read.train.x[:, 0] > 0.7).all() and (read.train.x[:, 1:] < 0.1).all()  # red, JPEG or PNG
+    assert read.train.labels.tolist() == [0, 1] and not read.has_oracle
