@@ -11,6 +11,7 @@ import torch
 
 from helpers import REPO, run_xilsweep, write_folder
 from xilsweep.data import ConfoundedMNIST08
+from xilsweep.datasets.patch_mnist import PatchMNIST
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,18 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data(data_root):
     return ConfoundedMNIST08(root=str(data_root)).load()
+
+
+@pytest.fixture(scope="session")
+def patch_data(data_root):
+    """Patch-MNIST in a smaller frame than its default (quicker; not 28 pixels): the colour path."""
+    return PatchMNIST(root=str(data_root), image_size=32, patch_size=6).load()
+
+
+@pytest.fixture(params=["mnist08", "patch_mnist"])
+def digits(request):
+    """08MNIST and Patch-MNIST in turn: a test of the one runs on three channels too."""
+    return request.getfixturevalue("data" if request.param == "mnist08" else "patch_data")
 
 
 @pytest.fixture(scope="session")

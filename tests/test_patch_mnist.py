@@ -20,8 +20,8 @@ SMALL = {"image_size": 32, "patch_size": 6}  # smaller than the default frame: q
 
 
 @pytest.fixture(scope="module")
-def patch(data_root):
-    return PatchMNIST(root=str(data_root), **SMALL).load()
+def patch(patch_data):
+    return patch_data  # in the frame of SMALL
 
 
 def has_patch(split) -> torch.Tensor:
