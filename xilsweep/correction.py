@@ -179,7 +179,7 @@ class UserCorrectedDataset:
         require_choice("correction", correction, CORRECTIONS)
         in_class = True if confounded_class is None else train.labels == confounded_class
         candidates = torch.nonzero(in_class & train.mask.flatten(1).any(1)).flatten()
-        what = "confounded training samples" + ("" if confounded_class is None else f" of class {confounded_class}")
+        what = "confounded training samples" if confounded_class is None else "dotted 8s in the training data"
         require(
             0 <= pool_size <= len(candidates),
             "size",
