@@ -194,3 +194,9 @@ def test_images_of_any_size_and_format_are_resized_and_masks_follow_by_nearest_n
     assert torch.equal(read.train.mask[0], expected) and not read.train.mask[1].any()
     assert (read.train.x[:, 0] > 0.7).all() and (read.train.x[:, 1:] < 0.1).all()  # red, JPEG or PNG
     assert read.train.labels.tolist() == [0, 1] and not read.has_oracle
+
+
+def test_data_folder_without_a_manifest_is_one_line(data_root):
+    with pytest.raises(ConfigError) as e:
+        assemble(job_config([*TINY, "data=folder"], data_root))
+    assert str(e.value) == "data.manifest=None is not allowed: the path of a CSV file (image,label,split[,mask])"

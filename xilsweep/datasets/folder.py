@@ -100,7 +100,7 @@ class FolderData(CachedData):
     training images' own per-channel statistics); ``seed``: the ``n_train`` subset and the
     pasted test confounders."""
 
-    manifest: str = "manifest.csv"
+    manifest: str | None = None
     image_size: list[int] = field(default_factory=lambda: [28, 28])
     channels: int = 3
     classes: list[str] | None = None
@@ -130,6 +130,7 @@ class FolderData(CachedData):
                 value,
                 f"null or {self.channels} number(s), one per channel" + (", > 0" if key == "channel_std" else ""),
             )
+        require(self.manifest is not None, "manifest", None, "the path of a CSV file (image,label,split[,mask])")
         self.rows = read_manifest(Path(self.manifest))
         labels = sorted({r.label for r in self.rows})
         self.class_names = tuple(self.classes) if self.classes is not None else tuple(labels)
