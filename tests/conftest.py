@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, run_xilsweep
+from helpers import REPO, run_xilsweep, write_folder
 from xilsweep.data import ConfoundedMNIST08
+from xilsweep.datasets.patch_mnist import PatchMNIST
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,25 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data(data_root):
     return ConfoundedMNIST08(root=str(data_root)).load()
+
+
+@pytest.fixture(scope="session")
+def patch_data(data_root):
+    """Patch-MNIST in a smaller frame than its default (quicker; not 28 pixels): the colour path."""
+    return PatchMNIST(root=str(data_root), image_size=32, patch_size=6).load()
+
+
+@pytest.fixture(params=["mnist08", "patch_mnist"])
+def digits(request):
+    """08MNIST and Patch-MNIST in turn: a test of the one runs on three channels too."""
+    return request.getfixturevalue("data" if request.param == "mnist08" else "patch_data")
+
+
+@pytest.fixture(scope="session")
+def folder_manifest(data, tmp_path_factory) -> Path:
+    """A manifest for data=folder: 400 images of each of 08MNIST's train, val and test splits
+    as PNGs with their masks; no oracle's set, no dotted test set."""
+    return write_folder(data, tmp_path_factory.mktemp("folder"), splits=("train", "val", "test"), limit=400)
 
 
 @pytest.fixture
@@ -73,6 +93,9 @@ SLOW_FILES = (
     "test_lifetime.py",
     "test_explain.py",
     "test_run.py",
+    "test_folder.py",
+    "test_torchvision.py",
+    "test_patch_mnist.py",
 )
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -101,3 +102,39 @@ def run_job_dir(data_root, out: Path, *extra, base=TINY) -> dict:
     result = run_xilsweep([*base, f"data.root={data_root}", f"hydra.run.dir={out}", *extra], out.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())
+
+
+# data=folder's splits and the contract's (XILData) attribute holding each
+FOLDER_SPLITS = {
+    "train": "pretrain_split",
+    "val": "val",
+    "test": "test",
+    "test_dotted": "test_dotted",
+    "train_decorrelated": "decorrelated_train",
+}
+
+
+def write_folder(data, folder: Path, splits=tuple(FOLDER_SPLITS), limit: int | None = None) -> Path:
+    """A data set's splits (the first ``limit`` images of each) written out as PNG images, one
+    PNG per distinct mask and a manifest: what ``data=folder`` reads. Returns the manifest."""
+    from torchvision.io import write_png
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines, mask_files = ["image,label,split,mask"], {}
+    for name in splits:
+        split = getattr(data, FOLDER_SPLITS[name])
+        pixels = (split.x[:limit] * 255).round().to(torch.uint8)
+        for i, (image, label, mask) in enumerate(zip(pixels, split.labels.tolist(), split.mask[:limit], strict=False)):
+            image_file = f"images/{name}_{i}.png"
+            write_png(image, str(folder / image_file))
+            mask_file = ""
+            if mask.any():
+                key = mask.numpy().tobytes()
+                if key not in mask_files:
+                    mask_files[key] = f"images/mask_{len(mask_files)}.png"
+                    write_png(mask.to(torch.uint8) * 255, str(folder / mask_files[key]))
+                mask_file = mask_files[key]
+            lines.append(f"{image_file},{data.class_names[label]},{name},{mask_file}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest

@@ -21,8 +21,9 @@ SUPPLIED = {"model": {"num_classes": 2}}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
-def test_every_group_option_composes_and_instantiates(group, option, data_root):
-    cfg = job_config([f"{group}={option}"], data_root)
+def test_every_group_option_composes_and_instantiates(group, option, data_root, folder_manifest):
+    own = [f"data.manifest={folder_manifest}"] if option == "folder" else []  # the one setting without a default
+    cfg = job_config([f"{group}={option}", *own], data_root)
     obj = build(cfg, group, **SUPPLIED.get(group, {}))
     assert type(obj).__module__.startswith("xilsweep.")
 

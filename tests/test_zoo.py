@@ -105,12 +105,15 @@ def dotted_eights(data, n=6):
     return data.train.x[chosen], data.train.labels[chosen], data.train.mask[chosen]
 
 
-@pytest.mark.parametrize("make_model", [ConvNet, lambda: ConvNet(channels=[6, 16], kernel_size=5, pool=[True, True])])
-def test_rrr_g_penalty_and_its_gradient_are_the_typology_code_s(make_model, data):
+@pytest.mark.parametrize(
+    "make_model", [ConvNet, lambda **data: ConvNet(channels=[6, 16], kernel_size=5, pool=[True, True], **data)]
+)
+def test_rrr_g_penalty_and_its_gradient_are_the_typology_code_s(make_model, digits):
+    data = digits
     x, _, mask = dotted_eights(data)
     x, mask[0] = x.double(), False  # in double precision, one sample without feedback
     torch.manual_seed(0)
-    model = make_model().double()
+    model = make_model(**data.model_inputs()).double()
     logits, penalty = gradcam_penalty(model, x, mask)
     expected = typology_rrr_g(model, x, mask)
     assert expected > 0 and penalty.item() == pytest.approx(expected.item(), rel=1e-10)
@@ -134,16 +137,17 @@ def test_gradcam_methods_refuse_a_model_without_a_convolution(method):
     assert err.value.key == "model" and "convolution" in str(err.value)
 
 
-def test_hint_penalty_and_its_gradient_are_the_typology_code_s(data):
+def test_hint_penalty_and_its_gradient_are_the_typology_code_s(digits):
+    data = digits
     x, labels, mask = dotted_eights(data)
     mask[0] = False  # a sample without feedback
     has_feedback = mask.flatten(1).any(1)
-    # the typology's relevant region: the original image's pixels above 1/255, here the digit
-    # before its dots were pasted in (found from the clean training image, not from the mask)
+    # the typology's relevant region: the original image's pixels above 1/255 (in any channel),
+    # here the digit before its dots were pasted in (found from the clean image, not from the mask)
     original = torch.where(mask, torch.zeros_like(x), x)
-    relevant = (original * 255).round() > 1
+    relevant = ((original * 255).round() > 1).any(1, keepdim=True)
     torch.manual_seed(0)
-    model, method = ConvNet().double(), HINT(lam=2.0)
+    model, method = ConvNet(**data.model_inputs()).double(), HINT(lam=2.0)
     logits, penalty = hint_penalty(model, x.double(), labels, mask, ink(x, mask, method.ink_threshold))
     expected = typology_hint(model, x.double(), labels, relevant, has_feedback)
     assert expected > 0 and penalty.item() == pytest.approx(expected.item(), rel=1e-10)
@@ -245,12 +249,13 @@ def reference_cd(model, x, mask):
 
 @pytest.mark.parametrize(
     "make_model",
-    [ConvNet, lambda: ConvNet(channels=[6, 16], kernel_size=5, pool=[True, True], dropout=0.5), MLP],
+    [ConvNet, lambda **data: ConvNet(channels=[6, 16], kernel_size=5, pool=[True, True], dropout=0.5, **data), MLP],
     ids=["cnn", "pooled_cnn_with_dropout", "mlp"],
 )
-def test_contextual_decomposition_is_the_cdep_code_s_with_the_marked_region_relevant(make_model, data):
+def test_contextual_decomposition_is_the_cdep_code_s_with_the_marked_region_relevant(make_model, digits):
+    data = digits
     torch.manual_seed(0)
-    model = make_model().double().eval()
+    model = make_model(**data.model_inputs()).double().eval()
     with torch.no_grad():  # biases well away from zero: the ReLU rule tells the two roles apart only then
         for module in model.layers():
             if getattr(module, "bias", None) is not None:
@@ -303,7 +308,7 @@ def test_cdep_refuses_a_model_without_layers():
     assert 0 < losses["CDEP/penalty"].item() < 1
     with pytest.raises(SettingError) as err:
         method.objective(TinyConv(6, 3), unmixed)
-    assert err.value.key == "model" and "layers()" in str(err.value)
+    assert err.value.key == "model" and "a plain stack of layers" in str(err.value)
 
 
 @pytest.mark.parametrize("method_type", [RRRG, RBR, HINT, CDEP])

@@ -17,12 +17,13 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-import xilsweep.decoy  # noqa: F401 (defines, and so registers, Decoy-MNIST)
+import xilsweep.datasets  # noqa: F401 (defines, and so registers, every data set of xilsweep/datasets/)
+import xilsweep.decoy  # noqa: F401 (and Decoy-MNIST)
 from xilsweep.correction import CorrectedPool
 from xilsweep.data import DATASETS
 from xilsweep.losses import METHODS
 from xilsweep.losses.tuned import tuned_keys, tuned_settings
-from xilsweep.models import MLP, ConvNet
+from xilsweep.models import MLP, ConvNet, TorchvisionModel
 from xilsweep.pretrain import Pretraining
 from xilsweep.reasons import GradCAM, InputGradients
 from xilsweep.sampling import MixedBatchSampler
@@ -33,7 +34,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # the top-level conf/, ship
 # are live views of their registries.
 GROUPS = {
     "data": DATASETS.values(),
-    "model": (ConvNet, MLP),
+    "model": (ConvNet, MLP, TorchvisionModel),
     "loss": METHODS.values(),
     "pool": (CorrectedPool,),
     "sampler": (MixedBatchSampler,),
@@ -42,7 +43,7 @@ GROUPS = {
     "explainer": (GradCAM, InputGradients),
 }
 # Constructor arguments the job supplies when it assembles the objects, not settings.
-SUPPLIED = {"n_confounded", "pool_size", "num_classes", "in_shape"}
+SUPPLIED = {"n_confounded", "pool_size", "num_classes", "in_shape", "mean", "std"}
 
 
 def defaults(target: type) -> dict:

@@ -152,7 +152,7 @@ def pool_candidates(train: Split, confounded_class: int | None, pool_size: int) 
     ``confounded_class`` (any class when None) that carry a confounder; at least ``pool_size``."""
     in_class = True if confounded_class is None else train.labels == confounded_class
     candidates = torch.nonzero(in_class & train.mask.flatten(1).any(1)).flatten()
-    what = "confounded training samples" if confounded_class is None else "dotted 8s in the training data"
+    what = "training samples with a confounder" + ("" if confounded_class is None else f" in class {confounded_class}")
     require(
         0 <= pool_size <= len(candidates),
         "size",

@@ -1,7 +1,10 @@
-"""Confounded 0-vs-8 MNIST ("08MNIST"): loading, dot confounder, cached splits.
+"""The data contract (``XILData``: what a job needs from a data set), the cached
+data sets' shared part (``CachedData``) and confounded 0-vs-8 MNIST ("08MNIST"):
+loading, the dot confounder, cached splits.
 
-Images live in memory as float tensors in [0, 1] with shape [N, 1, 28, 28];
-targets are one-hot [N, 2] (class 0 = digit 0, class 1 = digit 8), as the
+Images live in memory as float tensors in [0, 1] with shape [N, C, H, W]
+(08MNIST: [N, 1, 28, 28]); masks are bool [N, 1, H, W]; targets are one-hot
+[N, classes] (08MNIST: class 0 = digit 0, class 1 = digit 8), as the
 experiment guide's code expects; ``Split.labels`` gives the class indices.
 """
 
@@ -23,6 +26,7 @@ from xilsweep.files import atomic_torch_save, atomic_write_json, build_lock, che
 
 DIGITS = (0, 8)  # class index i is digit DIGITS[i]
 CONFOUNDED_CLASS = 1  # the 8s carry the dots
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # per channel, of the MNIST training digits
 MNIST_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -72,13 +76,26 @@ def concat(a: Split, b: Split) -> Split:
 
 @dataclass
 class XILData:
-    """Everything a correction job needs; ``key`` names the generation settings.
+    """The data contract: everything a job needs from a data set, in one place. The model
+    (input shape, classes, normalisation), the explainer, the pool, the TensorBoard images
+    and the report read it from here; nothing else assumes an image size, a channel count
+    or a class.
 
-    ``train`` is what fine-tuning uses (a subset when ``n_train`` is set);
-    ``full_train`` is the whole confounded training split the confounded
-    model is trained on (None: same as ``train``); ``decorrelated_train``
-    holds the same training images with the confounder on a random half of
-    every class, what the oracle (the floor of every reliance metric) learns from.
+    - ``train``, ``val``, ``test``: the splits, each image with its confounder mask (all
+      False where an image carries none). ``train`` is what fine-tuning uses (a subset when
+      ``n_train`` is set); ``full_train`` is the whole confounded training split the
+      confounded model is trained on (None: same as ``train``).
+    - ``test_dotted``: the test images with the confounder, image for image, and its masks:
+      what the reliance figures compare against ``test``.
+    - ``decorrelated_train``: the training images with the confounder on a random half of
+      every class, what the oracle (the floor of every reliance figure) learns from; None
+      when the data set has none: no oracle, reliance is read against the confounded
+      model alone.
+    - ``confounded_class``: the class the confounder points to; None: per sample only
+      (every class carries one, as in Decoy-MNIST).
+    - ``class_names``, ``mean`` and ``std`` (per channel, what the model normalises with);
+      ``in_shape`` (channels, height, width) follows from the images.
+    - ``key`` names the generation settings, ``directory`` holds the cache and the reference models.
     """
 
     train: Split
@@ -87,13 +104,28 @@ class XILData:
     test_dotted: Split
     key: str
     directory: Path
+    confounded_class: int | None
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     full_train: Split | None = None
     decorrelated_train: Split | None = None
-    confounded_class: int | None = CONFOUNDED_CLASS  # the class the confounder points to; None: every class
 
     @property
     def num_classes(self) -> int:
         return self.train.targets.shape[1]
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def has_oracle(self) -> bool:
+        return self.decorrelated_train is not None
+
+    def model_inputs(self) -> dict:
+        """What a model is built for: the constructor arguments the job supplies."""
+        return {"num_classes": self.num_classes, "in_shape": self.in_shape, "mean": self.mean, "std": self.std}
 
     @property
     def pretrain_split(self) -> Split:
@@ -140,39 +172,20 @@ class Confounder:
             require(0 <= value <= 1, name, value, "a number in [0, 1]")
 
     def dot_masks(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Masks [N, 1, H, W] of up to n_dots separate dots per image.
-
-        A dot and a one-pixel margin around it lie on background connected to
-        the image border, never in an enclosed hole (a dot inside a 0 would
-        draw an 8's crossing), and dots never touch each other, so each one is
-        a square of its own. An image with too little room gets fewer dots.
-        """
+        """Masks [N, 1, H, W] of up to n_dots separate dots per image (``background_squares``),
+        or with ``positions=corners`` one dot per corner."""
+        if self.positions != "corners":
+            return background_squares(x, self.n_dots, self.dot_size, generator)
         n, _, h, w = x.shape
         s = self.dot_size
         rows, cols = h - s + 1, w - s + 1  # top-left positions
         top_left = torch.zeros(n, rows * cols)
-        if self.positions == "corners":
-            near, far_row, far_col = 1, h - 1 - s, w - 1 - s
-            corners = torch.tensor(
-                [near * cols + near, near * cols + far_col, far_row * cols + near, far_row * cols + far_col]
-            )
-            top_left[:, corners[: self.n_dots]] = 1.0
-        else:
-            blocked = (~border_background(x)).float()
-            free = F.max_pool2d(blocked, kernel_size=s + 2, stride=1, padding=1)[:, 0, :rows, :cols] == 0
-            scores = torch.rand(free.shape, generator=generator).masked_fill(~free, -1.0).flatten(1)
-            row_of, col_of = torch.arange(rows).view(1, -1, 1), torch.arange(cols).view(1, 1, -1)
-            for _ in range(self.n_dots):  # one dot per image per step, all images at once
-                best, where = scores.max(1)
-                placed = (best >= 0).float().view(-1, 1)
-                top_left.scatter_add_(1, where.view(-1, 1), placed)
-                # no later dot within a dot's width plus a gap of this one
-                r, c = (where // cols).view(-1, 1, 1), (where % cols).view(-1, 1, 1)
-                near = ((row_of - r).abs() <= s) & ((col_of - c).abs() <= s)
-                scores = scores.masked_fill(near.flatten(1), -1.0)
-        # Spread each top-left marker over an s x s square.
-        square = F.conv_transpose2d(top_left.view(n, 1, rows, cols), torch.ones(1, 1, s, s))
-        return square > 0
+        near, far_row, far_col = 1, h - 1 - s, w - 1 - s
+        corners = torch.tensor(
+            [near * cols + near, near * cols + far_col, far_row * cols + near, far_row * cols + far_col]
+        )
+        top_left[:, corners[: self.n_dots]] = 1.0
+        return squares_at(top_left, n, rows, cols, s)
 
     def apply(
         self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, chosen: torch.Tensor | None = None
@@ -185,10 +198,50 @@ class Confounder:
         return torch.where(masks, torch.tensor(self.intensity), x), masks
 
 
+def squares_at(top_left: torch.Tensor, n: int, rows: int, cols: int, size: int) -> torch.Tensor:
+    """Masks [N, 1, H, W]: each top-left marker of ``top_left`` [N, rows * cols] spread over a ``size`` square."""
+    square = F.conv_transpose2d(top_left.view(n, 1, rows, cols), torch.ones(1, 1, size, size))
+    return square > 0
+
+
+def background_squares(
+    x: torch.Tensor, n_squares: int, size: int, generator: torch.Generator, corners: bool = False
+) -> torch.Tensor:
+    """Masks [N, 1, H, W] of up to ``n_squares`` separate ``size`` x ``size`` squares per image,
+    at random places (``corners``: in the image's corners only).
+
+    A square and a one-pixel margin around it lie on background connected to
+    the image border, never in an enclosed hole (a dot inside a 0 would
+    draw an 8's crossing), and squares never touch each other. An image with
+    too little room gets fewer.
+    """
+    n, _, h, w = x.shape
+    s = size
+    rows, cols = h - s + 1, w - s + 1  # top-left positions
+    top_left = torch.zeros(n, rows * cols)
+    blocked = (~border_background(x)).float()
+    free = F.max_pool2d(blocked, kernel_size=s + 2, stride=1, padding=1)[:, 0, :rows, :cols] == 0
+    if corners:
+        corner = torch.zeros(rows, cols, dtype=torch.bool)
+        corner[:: rows - 1, :: cols - 1] = True
+        free &= corner
+    scores = torch.rand(free.shape, generator=generator).masked_fill(~free, -1.0).flatten(1)
+    row_of, col_of = torch.arange(rows).view(1, -1, 1), torch.arange(cols).view(1, 1, -1)
+    for _ in range(n_squares):  # one square per image per step, all images at once
+        best, where = scores.max(1)
+        placed = (best >= 0).float().view(-1, 1)
+        top_left.scatter_add_(1, where.view(-1, 1), placed)
+        # no later square within a square's width plus a gap of this one
+        r, c = (where // cols).view(-1, 1, 1), (where % cols).view(-1, 1, 1)
+        near = ((row_of - r).abs() <= s) & ((col_of - c).abs() <= s)
+        scores = scores.masked_fill(near.flatten(1), -1.0)
+    return squares_at(top_left, n, rows, cols, s)
+
+
 def border_background(x: torch.Tensor) -> torch.Tensor:
-    """Background pixels (value 0) that a 4-connected path of background links
+    """Background pixels (0 in every channel) that a 4-connected path of background links
     to the image border: everything outside the digit, not its enclosed holes."""
-    background = (x == 0)[:, 0]
+    background = (x == 0).all(1)
     reached = torch.zeros_like(background)
     reached[:, 0, :] = reached[:, -1, :] = reached[:, :, 0] = reached[:, :, -1] = True
     reached &= background
@@ -265,10 +318,11 @@ def load_mnist(root: Path, train: bool, download: bool = False):
     return images, labels
 
 
-def _digits_0_and_8(images: torch.Tensor, labels: torch.Tensor):
-    keep = (labels == DIGITS[0]) | (labels == DIGITS[1])
+def digit_pair(images: torch.Tensor, labels: torch.Tensor, digits: tuple[int, int] = DIGITS):
+    """The images of two digits in [0, 1], [N, 1, H, W], and their class (1: ``digits[1]``)."""
+    keep = (labels == digits[0]) | (labels == digits[1])
     x = images[keep].float().div(255).unsqueeze(1)
-    return x, (labels[keep] == DIGITS[1]).long()
+    return x, (labels[keep] == digits[1]).long()
 
 
 # data set name -> class, filled as data set classes are defined (config group ``data``)
@@ -276,25 +330,27 @@ DATASETS: dict[str, type] = {}
 
 
 @dataclass
-class CachedMNISTData:
-    """Shared part of the MNIST-based data options: validation of the common
-    settings, the cache under ``root/<folder>/<key>/`` (the key hashes every
-    generation setting, so a changed setting makes new files instead of
-    reusing stale ones), atomic checked files, one builder at a time, and the
-    seeded ``n_train`` subset taken at load time. Subclasses define
-    ``folder``, ``num_classes``, ``train_file``/``test_file`` names,
-    ``confounded_class`` and ``_generate()``.
+class CachedData:
+    """The shared part of every data option: the cache under ``root/<folder>/<key>/`` (the
+    key hashes every generation setting, so a changed setting makes new files instead of
+    reusing stale ones), atomic checked files, one builder at a time, the seeded ``n_train``
+    subset taken at load time, and the contract (``XILData``) made from the files.
+
+    Subclasses (one module and one ``conf/data/<name>.yaml`` each, docs/development.md)
+    define ``name`` (the config option), ``folder``, ``train_file``/``test_file``, what
+    the contract needs before any data is read (``num_classes``, ``in_shape``,
+    ``class_names``, ``confounded_class``: the class index the confounder points to, or
+    None), the normalisation (``mean``, ``std``, or ``statistics()``) and ``_generate()``,
+    which returns the training payload (``train``, ``val``, optionally
+    ``train_decorrelated``: without it there is no oracle) and the test payload (``test``,
+    ``test_dotted``), each split in ``Split.to_file`` form.
     """
 
     root: str = "data"
-    source: str = "bundled"
-    val_fraction: float = 0.1
-    val_confounded: bool = False
     n_train: int | None = None
     seed: int = 0
 
     folder = "data"
-    num_classes = 2
     train_file, test_file = "train.pth", "test.pth"
     confounded_class = None  # the class the confounder points to; None: spread over all classes
 
@@ -307,35 +363,40 @@ class CachedMNISTData:
             DATASETS[cls.name] = cls
 
     def __post_init__(self):
-        require_choice("source", self.source, SOURCES)
-        require(0 < self.val_fraction < 1, "val_fraction", self.val_fraction, "a number in (0, 1)")
         require(
             self.n_train is None or (isinstance(self.n_train, int) and self.n_train >= 1),
             "n_train",
             self.n_train,
             "null (all) or an integer >= 1",
         )
-        if not Path(self.root).is_dir():
-            raise SettingError("root", self.root, "an existing directory holding MNIST/raw/")
 
-    @property
-    def mnist_root(self) -> Path:
-        # The full set gets its own folder so it never shadows the bundled subset.
-        return Path(self.root) / ("full" if self.source == "full" else "")
+    def model_inputs(self) -> dict:
+        """What a model is built for, as far as the settings say before any data is read."""
+        return {"num_classes": self.num_classes, "in_shape": tuple(self.in_shape)}
 
     def generation_settings(self) -> dict:
         s = asdict(self)
         del s["root"], s["n_train"]
         return {"format": CACHE_FORMAT, "dataset": self.folder, **s}
 
+    key_prefix = "data"
+
     @property
     def key(self) -> str:
         blob = json.dumps(self.generation_settings(), sort_keys=True).encode()
-        return f"{self.source}-{hashlib.sha256(blob).hexdigest()[:10]}"
+        return f"{self.key_prefix}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
     @property
     def directory(self) -> Path:
         return Path(self.root) / self.folder / self.key
+
+    def confounded_index(self) -> int | None:
+        """The class index the confounder points to (None: per sample only)."""
+        return self.confounded_class
+
+    def statistics(self, train_payload: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The per-channel mean and standard deviation the model normalises with."""
+        return self.mean, self.std
 
     def load(self) -> XILData:
         train_file, test_file = self.directory / self.train_file, self.directory / self.test_file
@@ -362,6 +423,7 @@ class CachedMNISTData:
             )
             g = torch.Generator().manual_seed(self.seed + 1)
             train = train.subset(torch.randperm(len(train), generator=g)[: self.n_train].sort().values)
+        mean, std = self.statistics(train_payload)
         return XILData(
             train=train,
             val=split(train_payload, "val"),
@@ -370,18 +432,52 @@ class CachedMNISTData:
             key=self.key,
             directory=self.directory,
             full_train=full_train,
-            decorrelated_train=split(train_payload, "train_decorrelated"),
-            confounded_class=self.confounded_class,
+            decorrelated_train=split(train_payload, "train_decorrelated")
+            if "train_decorrelated" in train_payload
+            else None,
+            confounded_class=self.confounded_index(),
+            class_names=tuple(self.class_names),
+            mean=tuple(mean),
+            std=tuple(std),
         )
+
+    def _generate(self):
+        raise NotImplementedError
+
+
+@dataclass
+class CachedMNISTData(CachedData):
+    """The MNIST-based data options' shared settings: the digits' ``source``, the
+    validation share of the training digits and whether validation carries the confounder."""
+
+    source: str = "bundled"
+    val_fraction: float = 0.1
+    val_confounded: bool = False
+
+    in_shape = (1, 28, 28)
+    mean, std = MNIST_MEAN, MNIST_STD
+
+    def __post_init__(self):
+        require_choice("source", self.source, SOURCES)
+        require(0 < self.val_fraction < 1, "val_fraction", self.val_fraction, "a number in (0, 1)")
+        super().__post_init__()
+        if not Path(self.root).is_dir():
+            raise SettingError("root", self.root, "an existing directory holding MNIST/raw/")
+
+    @property
+    def key_prefix(self) -> str:
+        return self.source
+
+    @property
+    def mnist_root(self) -> Path:
+        # The full set gets its own folder so it never shadows the bundled subset.
+        return Path(self.root) / ("full" if self.source == "full" else "")
 
     def split_indices(self, n: int, generator: torch.Generator):
         """Seeded (validation, training) indices of ``n`` training digits."""
         order = torch.randperm(n, generator=generator)
         n_val = round(self.val_fraction * n)
         return order[:n_val].sort().values, order[n_val:].sort().values
-
-    def _generate(self):
-        raise NotImplementedError
 
 
 @dataclass
@@ -396,6 +492,7 @@ class ConfoundedMNIST08(CachedMNISTData):
     name = "mnist08"  # the data set in the tuned settings (xilsweep/losses/tuned.py)
     folder = "08MNIST"
     num_classes = len(DIGITS)
+    class_names = tuple(str(d) for d in DIGITS)
     train_file, test_file = "confounded_v1/train.pth", "original/test.pth"
     confounded_class = CONFOUNDED_CLASS
 
@@ -410,7 +507,7 @@ class ConfoundedMNIST08(CachedMNISTData):
     def _generate(self):
         download = self.source == "full"
         g = torch.Generator().manual_seed(self.seed)
-        x, y = _digits_0_and_8(*load_mnist(self.mnist_root, train=True, download=download))
+        x, y = digit_pair(*load_mnist(self.mnist_root, train=True, download=download))
         val_idx, train_idx = self.split_indices(len(x), g)
 
         def confounded(x_part, y_part, dotted: bool, chosen: torch.Tensor | None = None):
@@ -423,7 +520,7 @@ class ConfoundedMNIST08(CachedMNISTData):
         train = confounded(x[train_idx], y[train_idx], True)
         val = confounded(x[val_idx], y[val_idx], self.val_confounded)
         decorrelated = confounded(x[train_idx], y[train_idx], True, half_of_each_class(y[train_idx], g))
-        xt, yt = _digits_0_and_8(*load_mnist(self.mnist_root, train=False, download=download))
+        xt, yt = digit_pair(*load_mnist(self.mnist_root, train=False, download=download))
         test = confounded(xt, yt, False)
         test_dotted = confounded(xt, yt, True, torch.ones(len(xt), dtype=torch.bool))
         return (

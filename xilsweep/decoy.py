@@ -53,6 +53,7 @@ class DecoyMNIST(CachedMNISTData):
     name = "decoy_mnist"  # the data set in the tuned settings (xilsweep/losses/tuned.py)
     folder = "DecoyMNIST"
     num_classes = NUM_CLASSES
+    class_names = tuple(str(d) for d in range(NUM_CLASSES))
     # Every training image carries a decoy, so the user may correct any class.
     confounded_class = None
 

@@ -28,8 +28,8 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from xilsweep.config import CONF_DIR, registered_class
-from xilsweep.data import DIGITS, ConfoundedMNIST08, Split
+from xilsweep.config import CONF_DIR
+from xilsweep.data import Split
 from xilsweep.errors import DataError
 from xilsweep.job import ConfigError, Job, assemble
 from xilsweep.pretrain import load_weights
@@ -116,12 +116,8 @@ def dotted_examples(test_dotted: Split, confounded_class: int | None, n: int) ->
 
 
 def class_names(job: Job) -> list[str]:
-    """What a reader calls each class index: 08MNIST's two classes are the digits 0 and 8,
-    the other data sets' class indices are their digits."""
-    spec = registered_class("data", job.config["data"]["_target_"])
-    if spec is not None and issubclass(spec, ConfoundedMNIST08):
-        return [str(digit) for digit in DIGITS]
-    return [str(index) for index in range(job.data.num_classes)]
+    """What a reader calls each class index: the data's class names (08MNIST's: 0 and 8)."""
+    return list(job.data.class_names)
 
 
 @dataclass
@@ -174,7 +170,10 @@ def draw(title: str, shown: Split, rows: dict[str, Explained], names: list[str])
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     labels = shown.labels.tolist()
     for i, (ax, image, label) in enumerate(zip(axes[0], shown.x, labels, strict=True)):
-        ax.imshow(image.mean(0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        if len(image) == 3:  # a colour image as it is, any other channel count as gray
+            ax.imshow(image.permute(1, 2, 0).clamp(0, 1), interpolation="nearest")
+        else:
+            ax.imshow(image.mean(0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"true {names[label]}", fontsize=7, pad=2)
         if i == 0:
             ax.set_ylabel("image", rotation=0, ha="right", va="center", fontsize=9)
@@ -218,7 +217,8 @@ def write_explanations(
     models = {"confounded\nmodel": job.model}
     if not confounded:
         models[f"corrected\nmodel\n({job.loss.name})"] = load_corrected(job, run_dir)
-    models["oracle"] = job.oracle_model
+    if job.oracle_model is not None:  # the data set may have no oracle
+        models["oracle"] = job.oracle_model
     target = target or job.explainer.target
     out = run_dir / OUTPUT_DIR / ("confounded" if confounded else "")
     figures = {"before_after": dotted_examples(job.data.test_dotted, job.confounded_class, n)}

@@ -23,7 +23,7 @@ def require_conv(model: nn.Module, needed_by: str) -> None:
         getattr(model, "last_conv", None) is not None,
         "model",
         type(model).__name__,
-        f"a model with a convolution (model=cnn, lenet or cnn_examples) for {needed_by}",
+        f"a model with a convolution (model=cnn, lenet, cnn_examples or torchvision) for {needed_by}",
     )
 
 
@@ -99,7 +99,12 @@ def align_to_input(maps: torch.Tensor, stride: int, offset: float, size: tuple[i
 
 
 def placed(model: nn.Module, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``model``'s last-convolution maps with each unit on its receptive field's centre in an input of ``size``."""
-    layers = list(model.features)
+    """``model``'s last-convolution maps with each unit on its receptive field's centre in an
+    input of ``size``. A network that is not one stack of layers (residual blocks, a
+    torchvision model) has no such simple centres: its maps are resized bilinearly over the
+    input, each unit covering its share of the image (GradCAM's usual upsampling)."""
+    layers = list(getattr(model, "features", ()))
+    if model.last_conv not in layers:
+        return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
     stride, offset = receptive_field(layers[: layers.index(model.last_conv) + 1])
     return align_to_input(maps, stride, offset, size)

@@ -147,7 +147,7 @@ class Job:
     data: XILData
     model: torch.nn.Module  # the confounded model, fine-tuned in place into the corrected one
     confounded: dict  # the confounded model's record (accuracies, settings, cache path)
-    oracle_model: torch.nn.Module
+    oracle_model: torch.nn.Module | None  # None: the data has no decorrelated training set
     oracle: dict
     pool: UserCorrectedDataset  # after the first round's queries; ``ask`` adds a round's
     round_sizes: list[int]  # the queries of each round (``pool.rounds``)
@@ -204,9 +204,12 @@ class Job:
     ) -> dict:
         return self.explainer.reasons(model, self.data, self.confounded_class, attributions, monitor, clean_pred)
 
-    def reference_reasons(self, model: torch.nn.Module, reference: dict) -> tuple[dict, dict]:
+    def reference_reasons(self, model: torch.nn.Module | None, reference: dict) -> tuple[dict, dict]:
         """A reference model's figures under this job's explainer, on the whole test set and
-        on the monitored subset, cached beside the cached model (``pretrain.cached_figures``)."""
+        on the monitored subset, cached beside the cached model (``pretrain.cached_figures``);
+        none for an absent reference (no oracle)."""
+        if model is None:
+            return ({f.key: None for f in RELIANCE},) * 2
         explainer = {k: v for k, v in self.config["explainer"].items() if k != "attribution_every"}
         both = cached_figures(
             reference,
@@ -484,9 +487,8 @@ def checked_settings(cfg: DictConfig) -> Settings:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):  # other groups read it: stop here
         raise ConfigError(f"seed={cfg.seed!r} is not allowed: an integer")
     data_spec = attempt("data")
-    num_classes = data_spec.num_classes if data_spec is not None else 2
     built = {group: attempt(group) for group in ("trainer", "loss", "explainer", "pretrain", "pool", "sampler")}
-    model = attempt("model", num_classes=num_classes)
+    model = attempt("model", **(data_spec.model_inputs() if data_spec is not None else {}))
     for needs_model in (built["explainer"], built["loss"]):
         if model is not None and needs_model is not None:
             try:
@@ -539,7 +541,7 @@ def assemble(cfg: DictConfig) -> Job:
     model_settings = OmegaConf.to_container(cfg.model, resolve=True)
 
     def fresh_model():
-        return build(cfg, "model", num_classes=settings.data.num_classes)
+        return build(cfg, "model", **data.model_inputs())
 
     trainer, pretrain = settings.trainer, settings.pretrain
     model, confounded = pretrain.confounded_model(data, fresh_model, model_settings, trainer)

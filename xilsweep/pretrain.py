@@ -46,11 +46,16 @@ def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
         raise DataError(f"{path} was saved from a different model ({first_line})") from e
 
 
+SPLITS_EVALUATED = ("train", "val", "test", "test_dotted")  # a reference's accuracies
+NO_ORACLE = (
+    "no oracle: the data set has no decorrelated training set (train_decorrelated), so the reliance "
+    "figures are read against the confounded model alone and no share of the shortcut removed is computed"
+)
+
+
 def accuracies(model, data: XILData, trainer: Trainer, train: Split) -> dict:
-    return {
-        f"{name}_accuracy": trainer.evaluate(model, split)["accuracy"]
-        for name, split in (("train", train), ("val", data.val), ("test", data.test), ("test_dotted", data.test_dotted))
-    }
+    splits = dict(zip(SPLITS_EVALUATED, (train, data.val, data.test, data.test_dotted), strict=True))
+    return {f"{name}_accuracy": trainer.evaluate(model, split)["accuracy"] for name, split in splits.items()}
 
 
 @dataclass
@@ -158,6 +163,10 @@ class Pretraining:
         return load_user_checkpoint(self.checkpoint, build_model, data, trainer)
 
     def oracle_model(self, data: XILData, build_model, model_settings: dict, trainer: Trainer):
+        """The oracle and its record; without a decorrelated training set none (the model is
+        None, the record says why and holds no figures)."""
+        if not data.has_oracle:
+            return None, {"absent": NO_ORACLE, **{f"{split}_accuracy": None for split in SPLITS_EVALUATED}}
         return self.reference_model("oracle", data, build_model, model_settings, trainer)
 
 

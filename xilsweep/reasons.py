@@ -237,7 +237,8 @@ class GradCAM(Explainer):
 
 
 class InputGradients(Explainer):
-    """|d logit / d x| of the predicted class (captum Saliency): exact pixel resolution."""
+    """|d logit / d x| of the predicted class (captum Saliency): exact pixel resolution,
+    summed over the colour channels (a pixel's attribution, as its mask marks it)."""
 
     name = "input_gradients"
 
@@ -245,4 +246,4 @@ class InputGradients(Explainer):
         from captum.attr import Saliency  # on first use: captum.attr also loads matplotlib
 
         # a fresh leaf that requires grad (captum would otherwise set it, with a warning)
-        return Saliency(model).attribute(x.detach().requires_grad_(), target=target, abs=True)
+        return Saliency(model).attribute(x.detach().requires_grad_(), target=target, abs=True).sum(1, keepdim=True)

@@ -136,6 +136,8 @@ def log_summary(job: Job, record: dict, out_dir: Path) -> None:
         len(job.data.test),
         job.explainer.name,
     )
+    if "absent" in record["oracle"]:
+        log.info("%s", record["oracle"]["absent"])
     for f in RELIANCE:
         figures = (record["oracle"][f.key], record["confounded"][f.key], record[f.key])
         removed = record["shortcut_removed"][f.key]

@@ -104,11 +104,14 @@ class CDEP(MaskPenalty):
         super().__init__(lam, base, base_lam)
 
     def check(self, model) -> None:
+        """Contextual decomposition walks a plain stack of the layers ``propagate`` knows;
+        it has no rule for residual blocks or batch norm (a torchvision architecture)."""
         require(
             callable(getattr(model, "layers", None)),
             "model",
-            type(model).__name__,
-            "a model with layers() (model=cnn, lenet, cnn_examples or mlp) for loss=cdep",
+            getattr(model, "name", type(model).__name__),
+            "a plain stack of layers (model=cnn, lenet, cnn_examples or mlp) for loss=cdep: its contextual "
+            "decomposition has no rules for residual blocks or batch norm",
         )
 
     def penalty(self, model, batch):

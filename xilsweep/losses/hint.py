@@ -13,10 +13,10 @@ RELEVANT_REGIONS = ("ink",)
 
 
 def ink(x: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The relevant region the user's data gives: pixels brighter than ``threshold``
-    outside the confounder mask, the digit's strokes (confounders lie on background,
-    so this is the original image's ink)."""
-    return (x > threshold) & ~mask
+    """The relevant region the user's data gives: pixels brighter than ``threshold`` in
+    any channel outside the confounder mask, the digit's strokes (confounders lie on
+    background, so this is the original image's ink); [N, 1, H, W]."""
+    return (x > threshold).any(1, keepdim=True) & ~mask
 
 
 def hint_penalty(model, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, relevant: torch.Tensor):

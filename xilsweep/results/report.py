@@ -128,6 +128,8 @@ def reliance_section(jobs: list[Job], table: pd.DataFrame, summary: pd.DataFrame
     if not len(summary) or "confounded.path" not in table:
         return []
     hidden = hidden_settings(table, summary, varied)
+    oracles = [(job.metrics or {}).get("oracle") or {} for job in jobs]
+    absent = next((oracle["absent"] for oracle in oracles if "absent" in oracle), None)  # one line, not one per job
     return [
         "## Does the model still rely on the confounder? (mean ± std over seeds)",
         "",
@@ -137,6 +139,7 @@ def reliance_section(jobs: list[Job], table: pd.DataFrame, summary: pd.DataFrame
         "1 = as free of the confounder as the oracle, 0 = no change, empty where the references "
         "differ too little to measure against. " + seed_note(table),
         "",
+        *([f"{absent[0].upper()}{absent[1:]}.", ""] if absent else []),
         *([hidden, ""] if hidden else []),
     ]
 
