@@ -523,10 +523,13 @@ def curve_section(args, env: dict) -> dict:
     return experiment_section(args, env, "curve", [*arguments, f"pool.size={sizes}", *seeds])
 
 
-def target(name: str, value: float, limit: float, unit: str, higher_is_better: bool, detail: str = "") -> str:
-    """One target line: the measured value, the target, their ratio (> 1: met)."""
+def target(
+    name: str, value: float, limit: float, unit: str, higher_is_better: bool, detail: str = "", complete: bool = True
+) -> str:
+    """One target line: the measured value, the target, their ratio (> 1: met; never met where
+    the measured run did not ``complete``)."""
     ratio = value / limit if higher_is_better else limit / value
-    verdict = "met" if ratio >= 1 else "NOT met"
+    verdict = "met" if ratio >= 1 and complete else "NOT met" + ("" if complete else ": not every job finished")
     return (
         f"{name}: {value:.2f}{unit} (target {'>=' if higher_is_better else '<='} {limit:g}{unit}; "
         f"{ratio:.2f}x the target, {verdict}){detail}"
@@ -562,7 +565,14 @@ def targets(report: dict) -> list[str]:
         )
     if grid:
         lines.append(
-            target(f"full_grid_search ({grid['done']}/{grid['jobs']} jobs)", grid["seconds"] / 60, 6, " min", False)
+            target(
+                f"full_grid_search ({grid['done']}/{grid['jobs']} jobs)",
+                grid["seconds"] / 60,
+                6,
+                " min",
+                False,
+                complete=grid["done"] == grid["jobs"],
+            )
         )
     curve = report.get("curve")
     if curve:
@@ -574,6 +584,7 @@ def targets(report: dict) -> list[str]:
                 15,
                 " min",
                 False,
+                complete=curve["done"] == curve["jobs"],
             )
         )
     loops = {(r["model"], r["threads"]): r for r in report.get("loop", [])}

@@ -93,6 +93,7 @@ SLOW_FILES = (
     "test_lifetime.py",
     "test_explain.py",
     "test_run.py",
+    "test_interaction.py",
     "test_folder.py",
     "test_torchvision.py",
     "test_patch_mnist.py",

@@ -308,3 +308,16 @@ def test_interaction_settings_are_read_against_their_reference_paired_by_seed(tm
     accuracy = "test acc %, difference to exact"
     rows = table_rows(write_report(write_sweep(tmp_path / "feedback", same)), accuracy)
     assert [(r["pool.feedback"], r[accuracy]) for r in rows] == [("wrong", "+0.00 [+0.00, +0.00]")]
+
+
+def test_a_job_of_rounds_never_improved_only_if_every_round_kept_its_epoch_0(tmp_path):
+    """A later round's epoch 0 is the model the round before kept, not the confounded model."""
+    rounds = [[{"best_epoch": 3}, {"best_epoch": 0}], [{"best_epoch": 0}, {"best_epoch": 0}]]
+    jobs = [
+        {**record({"pool.rounds": 2, "pool.select": select}, seed, 0.2, best_epoch=0), "rounds": kept}
+        for select, kept in zip(("caipi", "random"), rounds, strict=True)
+        for seed in (0, 1)
+    ]
+    text = write_report(write_sweep(tmp_path / "rounds", jobs))
+    notes = {row["pool.select"]: row["note"] for row in table_rows(text, "removed?")}
+    assert notes == {"caipi": "", "random": f"2 of 2 jobs {NEVER_IMPROVED}"}

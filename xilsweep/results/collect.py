@@ -50,7 +50,7 @@ VAL, VAL_LOSS, TEST = "best_val_accuracy", "best_val_loss", "test_accuracy"
 VAL_DOTTED = "best_val_dotted_accuracy"
 STOP_SCORE = "stop_score"
 TRAIN_LOSS, TRAIN_ACC = "train_loss", "train_accuracy"
-# A finished job that kept epoch 0 is the confounded model it started from.
+# A finished job that kept epoch 0 (in every round) is the confounded model it started from.
 NEVER_IMPROVED = "never improved on the confounded model: kept epoch 0"
 
 
@@ -230,7 +230,9 @@ def stop_score(record: dict) -> float | None:
 
 
 def never_improved(job: Job) -> bool:
-    return job.status == "done" and job.metrics.get("best_epoch") == 0
+    """Kept epoch 0 in every round (a later round's epoch 0 is the model the round before kept)."""
+    rounds = job.metrics.get("rounds") or [job.metrics]
+    return job.status == "done" and all(done.get("best_epoch") == 0 for done in rounds)
 
 
 def record_figures(record: dict) -> dict:
