@@ -204,5 +204,5 @@ def test_decoy_pool_draws_from_every_class_and_correction_removes_the_patch(deco
     pool = UserCorrectedDataset(decoy.train, pool_size=200, confounded_class=None)
     assert len(pool.corrected.labels.unique()) == NUM_CLASSES
     assert (pool.corrected.x[pool.corrected.mask] == 0).all()
-    with pytest.raises(SettingError, match="confounded training samples"):
+    with pytest.raises(SettingError, match="the number of training samples with a confounder$"):
         UserCorrectedDataset(decoy.train, pool_size=len(decoy.train) + 1, confounded_class=None)

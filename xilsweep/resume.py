@@ -83,7 +83,7 @@ def result_settings(config: dict) -> dict:
 
 def setting_differences(saved: dict, now: dict) -> list[str]:
     """``key: <saved value> there, <new value> now`` for every result setting that differs."""
-    old, new = {**ADDED_SETTINGS, **result_settings(saved)}, result_settings(now)
+    old, new = ({**ADDED_SETTINGS, **result_settings(settings)} for settings in (saved, now))
 
     def shown(settings: dict, key: str) -> str:
         return repr(settings[key]) if key in settings else "absent"
