@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -39,6 +40,17 @@ def job_config(overrides, data_root) -> DictConfig:
     with open_dict(cfg):
         del cfg.hydra
     return cfg
+
+
+def refusal(overrides, data_root) -> str:
+    """The message ``assemble`` refuses the job's settings with, checked to be one line."""
+    from xilsweep.job import ConfigError, assemble
+
+    with pytest.raises(ConfigError) as caught:
+        assemble(job_config(overrides, data_root))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
 
 
 def xilsweep_command(args: list[str]) -> tuple[list[str], dict]:

@@ -11,11 +11,11 @@ import json
 import pytest
 import torch
 
-from helpers import TINY, events, job_config
+from helpers import TINY, events, job_config, refusal
 from xilsweep import queries, tracking
 from xilsweep.correction import CorrectedPool, UserCorrectedDataset, pool_candidates
 from xilsweep.errors import SettingError
-from xilsweep.job import ROUNDS_FILE, ConfigError, assemble
+from xilsweep.job import ROUNDS_FILE, assemble
 from xilsweep.queries import SELECTIONS, query_order
 from xilsweep.resume import setting_differences
 from xilsweep.run import run_name
@@ -122,9 +122,7 @@ def test_rounds_split_the_budget_evenly():
     ],
 )
 def test_bad_query_settings_stop_before_any_work_with_one_clear_line(override, message, data_root):
-    with pytest.raises(ConfigError) as caught:
-        assemble(job_config([*ROUNDS, override], data_root))
-    assert str(caught.value).splitlines() == [str(caught.value)] and message in str(caught.value)
+    assert message in refusal([*ROUNDS, override], data_root)
     with pytest.raises(SettingError):
         CorrectedPool(size=6, select="oracle")
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import TINY, events, job_config
+from helpers import TINY, events, job_config, refusal
 from xilsweep.correction import UserCorrectedDataset
 from xilsweep.data import border_background
 from xilsweep.datasets.patch_mnist import PatchMNIST
@@ -76,11 +76,7 @@ def test_the_patch_may_point_to_class_0_and_the_pool_and_the_images_follow(data_
     ],
 )
 def test_bad_settings_are_one_line_naming_the_key(override, message, data_root):
-    from xilsweep.job import ConfigError
-
-    with pytest.raises(ConfigError) as e:
-        assemble(job_config([*TINY, "data=patch_mnist", override], data_root))
-    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert refusal([*TINY, "data=patch_mnist", override], data_root).startswith(message)
 
 
 def test_a_job_on_colour_images_runs_end_to_end_and_every_mask_method_trains_the_first_layer(data_root, tmp_path):

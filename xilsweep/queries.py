@@ -38,6 +38,9 @@ def query_scores(select: str, model: nn.Module, explainer, candidates: Split) ->
     """One score per candidate, the highest asked about first (``random``: all equal)."""
     if select == "random":
         return torch.zeros(len(candidates))
+    labels = candidates.labels
+    if select == "explanation":
+        return attribution_in_mask(explainer.attribute(model, candidates.x, labels).cpu(), candidates.mask)
     device = next(model.parameters()).device
     probs = predict_logits(model, candidates.x.to(device)).softmax(1).cpu()
     top = probs.topk(2, dim=1).values
@@ -45,10 +48,7 @@ def query_scores(select: str, model: nn.Module, explainer, candidates: Split) ->
         return 1 - top[:, 0]
     if select == "margin":
         return top[:, 1] - top[:, 0]
-    labels = candidates.labels
     maps = explainer.attribute(model, candidates.x, labels).cpu()
-    if select == "explanation":
-        return attribution_in_mask(maps, candidates.mask)
     wrong_reason = (probs.argmax(1) == labels) & hottest_on_mask(maps, candidates.mask)
     return wrong_reason.float() + (1 - top[:, 0])  # uncertainty < 1: the flag decides first
 

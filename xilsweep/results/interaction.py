@@ -11,8 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 from xilsweep import metrics
-from xilsweep.results.collect import TEST
-from xilsweep.results.select import best_per, chosen_keys, condition_keys, method_keys, setting_jobs
+from xilsweep.results.collect import SEED, TEST
+from xilsweep.results.select import best_per, chosen_keys, condition_keys, method_keys, rows_like, setting_jobs
 from xilsweep.results.shortcut import Headline, describe, headline, interval_text, per_seed
 from xilsweep.results.stats import paired, t_interval, verdict
 from xilsweep.results.tables import heading, pipe_table, setting
@@ -35,8 +35,10 @@ def is_reference(values: pd.Series, reference: str) -> pd.Series:
     return values.isna() | (values.map(setting) == reference)
 
 
-def same(values: pd.Series, value) -> pd.Series:
-    return values.isna() if pd.isna(value) else values == value
+def other_keys(key: str, varied: list[str]) -> list[str]:
+    """The conditions and method settings a setting of ``key`` is compared at: all but its own."""
+    own = family(key, varied)
+    return [k for k in [*condition_keys(varied), *method_keys(varied)] if k not in own]
 
 
 def read_figures(line: Headline) -> list[tuple[str, bool]]:
@@ -66,16 +68,13 @@ def against_reference(
 ) -> list[list[str]]:
     """Rows of one interaction setting against its reference: the other method settings and
     conditions, the setting, its chosen other settings, and the figures' differences."""
-    keys = [k for k in varied if k != "seed"]
-    own = family(key, varied)
-    others = [k for k in [*condition_keys(varied), *method_keys(varied)] if k not in own]
+    keys = [k for k in varied if k != SEED]
+    own, others = family(key, varied), other_keys(key, varied)
     best = best_per(summary, [*condition_keys(varied), *method_keys(varied)])
     references = best[is_reference(best[key], reference)]
     rows = []
     for _, row in best[~is_reference(best[key], reference)].iterrows():
-        matching = references
-        for k in others:
-            matching = matching[same(matching[k], row[k])]
+        matching = rows_like(references, row, others)
         if matching.empty:
             continue
         jobs, reference_jobs = setting_jobs(table, row, keys), setting_jobs(table, matching.iloc[0], keys)
@@ -103,8 +102,7 @@ def answer_interaction(table: pd.DataFrame, summary: pd.DataFrame, varied: list[
         if not rows:
             lines += [f"{title} not enough data: no finished setting of {key} has its {reference} counterpart.", ""]
             continue
-        others = [k for k in [*condition_keys(varied), *method_keys(varied)] if k not in family(key, varied)]
-        names = [*others, key, "setting chosen"]
+        names = [*other_keys(key, varied), key, "setting chosen"]
         for figure, _ in read_figures(line):
             names += [heading(figure), f"{heading(figure)}, difference to {reference}", "verdict"]
         lines += [

@@ -165,10 +165,14 @@ def best_per(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return ranked(summary).drop_duplicates(keys).sort_values(keys, key=sort_key, kind="stable")
 
 
-def setting_jobs(table: pd.DataFrame, row, keys: list[str]) -> pd.DataFrame:
-    """The finished jobs of the setting ``row`` names by ``keys`` (an empty value matches empty)."""
-    done = table[table.status == "done"]
+def rows_like(frame: pd.DataFrame, row, keys: list[str]) -> pd.DataFrame:
+    """The rows of ``frame`` with ``row``'s values of ``keys`` (an empty value matches empty)."""
     for key in keys:
         value = row[key]
-        done = done[done[key].isna()] if pd.isna(value) else done[done[key] == value]
-    return done
+        frame = frame[frame[key].isna()] if pd.isna(value) else frame[frame[key] == value]
+    return frame
+
+
+def setting_jobs(table: pd.DataFrame, row, keys: list[str]) -> pd.DataFrame:
+    """The finished jobs of the setting ``row`` names by ``keys``."""
+    return rows_like(table[table.status == "done"], row, keys)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from xilsweep import metrics
 from xilsweep.results.collect import NEVER_IMPROVED, SEED, TEST
-from xilsweep.results.select import LOSS, best_per, chosen_keys, condition_keys, method_keys, setting_jobs
+from xilsweep.results.select import LOSS, best_per, chosen_keys, condition_keys, method_keys, rows_like, setting_jobs
 from xilsweep.results.stats import Interval, paired, t_interval, verdict
 from xilsweep.results.tables import heading, pipe_table, setting, spread
 
@@ -106,9 +106,7 @@ def baseline_row(best: pd.DataFrame, row, methods: list[str], conditions: list[s
         return None
     candidates = best[best[LOSS] == BASELINE]
     for keys in ([*conditions, *methods], [*conditions, *(k for k in methods if k == "model")]):
-        matching = candidates
-        for key in (k for k in keys if k != LOSS):
-            matching = matching[matching[key] == row[key]] if pd.notna(row[key]) else matching[matching[key].isna()]
+        matching = rows_like(candidates, row, [k for k in keys if k != LOSS])
         if len(matching):
             return matching.iloc[0]
     return None
