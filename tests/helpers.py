@@ -1,13 +1,18 @@
 """What many tests do: compose a config, run ``python -m xilsweep.run`` (a job
-or a sweep) in a subprocess, read a sweep's job folders and a job's
-TensorBoard events."""
+or a sweep; in this process or a subprocess), read a sweep's job folders and a
+job's TensorBoard events."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import runpy
 import subprocess
 import sys
+import warnings
+from contextlib import chdir, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -59,9 +64,55 @@ def xilsweep_command(args: list[str]) -> tuple[list[str], dict]:
     return [sys.executable, "-m", "xilsweep.run", *args], env
 
 
-def run_xilsweep(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_xilsweep(
+    args: list[str], cwd: Path, timeout: int = 300, own_process: bool | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m xilsweep.run args`` in a process of its own (``own_process``) or in this
+    one (``run_in_process``). By default its own process only where a launcher is chosen: the
+    launcher's jobs run in processes of their own, whose console output only a subprocess's
+    capture holds."""
+    if own_process is None:
+        own_process = any(arg.startswith("hydra/launcher=") for arg in args)
+    if not own_process:
+        return run_in_process(args, cwd)
     command, env = xilsweep_command(args)
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m xilsweep.run args`` run by this test process, for tests of what a job or
+    sweep does rather than of its process (the imports, about 3 s a process, are paid once
+    per test worker): exit status, stdout and stderr as a subprocess gives them, and this
+    process's state (Hydra's, logging's, torch's, the environment) left as it was."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level, environ = root.handlers[:], root.level, dict(os.environ)
+    threads, debug_mode = torch.get_num_threads(), torch.get_deterministic_debug_mode()
+    fill_memory = torch.utils.deterministic.fill_uninitialized_memory
+    stdout, stderr, argv, status = io.StringIO(), io.StringIO(), sys.argv, 0
+    os.environ["HYDRA_FULL_ERROR"] = "0"
+    sys.argv = ["xilsweep.run", *args]
+    try:
+        with chdir(cwd), redirect_stdout(stdout), redirect_stderr(stderr), warnings.catch_warnings():
+            # as ``python -m`` runs it, though tests have imported the module already
+            warnings.filterwarnings("ignore", "'xilsweep.run' found in sys.modules", RuntimeWarning)
+            runpy.run_module("xilsweep.run", run_name="__main__")
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+        os.environ.clear()
+        os.environ.update(environ)
+        torch.set_num_threads(threads)
+        torch.set_deterministic_debug_mode(debug_mode)
+        torch.utils.deterministic.fill_uninitialized_memory = fill_memory
+    return subprocess.CompletedProcess(["xilsweep.run", *args], status, stdout.getvalue(), stderr.getvalue())
 
 
 def start_xilsweep(args: list[str], cwd: Path, output=subprocess.PIPE) -> subprocess.Popen:

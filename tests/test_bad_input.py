@@ -39,7 +39,9 @@ def test_bad_input_gives_one_clear_line_and_leaves_no_output(override, message, 
     """Through the command line: Hydra's own errors (an unknown option, a wrong type) and one
     of xilsweep's. The other settings xilsweep checks are tested in-process (test_run.py)."""
     out = tmp_path / "job"
-    result = run_xilsweep([*TINY, f"data.root={data_root}", f"hydra.run.dir={out}", *override.split()], tmp_path)
+    result = run_xilsweep(
+        [*TINY, f"data.root={data_root}", f"hydra.run.dir={out}", *override.split()], tmp_path, own_process=True
+    )
     text = result.stdout + result.stderr
     assert result.returncode != 0 and message in text, text[-2000:]
     assert "Traceback" not in text

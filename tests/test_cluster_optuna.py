@@ -16,7 +16,7 @@ import optuna
 import pytest
 import yaml
 
-from helpers import TINY, start_xilsweep
+from helpers import TINY, run_xilsweep, start_xilsweep
 from hydra_plugins.xilsweep_cluster.optuna_sweeper import open_storage
 
 POSTGRES_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -67,9 +67,9 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def worker(storage: str, sweep: Path, data_root: Path, n_trials: int, *extra: str) -> subprocess.Popen:
-    """One sweeper process adding ``n_trials`` trials, one at a time, to the shared study."""
-    args = [
+def worker_args(storage: str, sweep: Path, data_root: Path, n_trials: int) -> list[str]:
+    """A sweeper adding ``n_trials`` trials, one at a time, to the shared study."""
+    return [
         "-m",
         *FAST,
         f"data.root={data_root}",
@@ -78,9 +78,12 @@ def worker(storage: str, sweep: Path, data_root: Path, n_trials: int, *extra: st
         f"hydra.sweeper.n_trials={n_trials}",
         "hydra.sweeper.n_jobs=1",
         f"hydra.sweep.dir={sweep}",
-        *extra,
     ]
-    return start_xilsweep(args, sweep.parent)
+
+
+def worker(storage: str, sweep: Path, data_root: Path, n_trials: int) -> subprocess.Popen:
+    """That sweeper in a process of its own, started in the background."""
+    return start_xilsweep(worker_args(storage, sweep, data_root, n_trials), sweep.parent)
 
 
 def finish(process: subprocess.Popen) -> None:
@@ -105,8 +108,9 @@ def test_workers_started_together_on_an_empty_postgres_share_one_study(postgres,
         for process in workers:
             finish(process)
         two_workers = time.monotonic() - began
-        resumed = worker(postgres, tmp_path / "resumed", data_root, 1)  # the same study, grown later
-        finish(resumed)
+        # the same study, grown later
+        resumed = run_xilsweep(worker_args(postgres, tmp_path / "resumed", data_root, 1), tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
     finally:
         for process in workers:
             process.kill()

@@ -154,7 +154,7 @@ def test_bad_explainer_settings_stop_the_job_with_one_clear_line(override, messa
 
 @pytest.fixture(scope="module")
 def finished_job(data_root, tmp_path_factory):
-    """A tiny job run like a user runs it (a subprocess), so it has its .hydra/ folder."""
+    """A tiny job run like a user runs it (``python -m xilsweep.run``), so it has its .hydra/ folder."""
     out = tmp_path_factory.mktemp("explain") / "job"
     result = run_xilsweep(
         [*TINY, "explainer.attribution_every=2", f"data.root={data_root}", f"hydra.run.dir={out}"], out.parent

@@ -91,7 +91,9 @@ def test_bad_settings_stop_before_any_work_with_one_clear_line(override, message
 
 def test_single_bad_run_exits_nonzero_with_the_message_and_writes_no_results(data_root, tmp_path):
     out = tmp_path / "bad"
-    result = run_xilsweep([*TINY, f"data.root={data_root}", "loss.lam=-1", f"hydra.run.dir={out}"], tmp_path)
+    result = run_xilsweep(
+        [*TINY, f"data.root={data_root}", "loss.lam=-1", f"hydra.run.dir={out}"], tmp_path, own_process=True
+    )
     assert result.returncode == 2
     assert "loss.lam=-1.0 is not allowed: a number >= 0" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
