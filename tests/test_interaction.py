@@ -10,12 +10,14 @@ import json
 
 import pytest
 import torch
+from tensorboard.plugins.custom_scalar import layout_pb2
 
 from helpers import TINY, events, job_config, refusal
 from xilsweep import queries, tracking
 from xilsweep.correction import CorrectedPool, UserCorrectedDataset, pool_candidates
 from xilsweep.errors import SettingError
 from xilsweep.job import ROUNDS_FILE, assemble
+from xilsweep.metrics import REFERENCE_KINDS, RELIANCE
 from xilsweep.queries import SELECTIONS, query_order
 from xilsweep.resume import setting_differences
 from xilsweep.run import run_name
@@ -148,6 +150,28 @@ def test_each_round_fine_tunes_the_grown_pool_and_is_recorded(data_root, tmp_pat
     )
     epochs = [e.step for e in scalars.Scalars("Accuracy/val_epoch")]
     assert epochs == list(range(sum(r["epochs_run"] + 1 for r in rounds)))  # the rounds' epochs one after another
+    # floor and ceiling on the rounds' charts: the references' figures on the same whole test set
+    [config] = scalars.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    [per_round] = [c for c in layout.category if c.title.startswith("Per round")]
+    assert f"whole test set of {len(job.data.test)}" in per_round.title
+    charted = {chart.title: list(chart.multiline.tag) for chart in per_round.chart}
+    assert charted["dot flip rate"] == [
+        "Round/dot_flip_rate",
+        "Round/confounded_dot_flip_rate",
+        "Round/oracle_dot_flip_rate",
+    ]
+    assert len(charted) == 1 + len(RELIANCE)  # clean accuracy and every reliance figure
+    for tag in sum(charted.values(), []):
+        kind, _, key = tag.removeprefix("Round/").partition("_")
+        expected = (
+            [r[tag.removeprefix("Round/")] for r in rounds]
+            if kind not in REFERENCE_KINDS
+            else [record[kind][key]] * len(rounds)
+        )
+        assert [(e.step, e.value) for e in scalars.Scalars(tag)] == [
+            (r["corrections"], pytest.approx(v)) for r, v in zip(rounds, expected, strict=True)
+        ], tag
     assert not (tmp_path / ROUNDS_FILE).exists() and not (tmp_path / "checkpoint.pth").exists()
 
 

@@ -269,6 +269,7 @@ class Job:
             attribution_every=self.explainer.attribution_every,
             max_epochs=self.trainer.max_epochs,
             subset=self.monitored_subset(),
+            rounds_on=f"whole test set of {len(self.data.test)}" if len(self.round_sizes) > 1 else None,
         )
 
     def shown_images(self) -> dict[str, torch.Tensor]:
@@ -369,7 +370,7 @@ class Job:
                 clock["final_reasons"] = time.perf_counter()
                 if len(self.round_sizes) > 1:
                     rounds.append(self.round_record(number, queries, result))
-                    recorder.round(rounds[-1])
+                    recorder.round(rounds[-1], {kind: record[kind] for kind in REFERENCE_KINDS})
                     log.info("%s", round_line(rounds[-1], len(self.round_sizes), record))
                     step += fit.epochs_run + 1
                     checkpoint.unlink(missing_ok=True)  # first: a round recorded below never meets its checkpoint

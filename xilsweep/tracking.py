@@ -40,6 +40,7 @@ from xilsweep.metrics import (
 log = logging.getLogger("xilsweep")
 
 METRICS_FILE = "metrics.json"
+ROUND_CHARTED = ("test_accuracy", *(f.key for f in RELIANCE))  # the rounds' charts, each with floor and ceiling
 GRID_PADDING = 2  # pixels of grey above and left of each image in a grid
 
 
@@ -81,10 +82,12 @@ class RunRecorder:
                 self.writer.add_scalar(tag, value, epoch)
         self.writer.flush()
 
-    def reference_layout(self, subset: str) -> None:
+    def reference_layout(self, subset: str, rounds_on: str | None = None) -> None:
         """The Custom Scalars tab: per reliance figure, the job's figure between the oracle's
         (floor) and the confounded model's (ceiling), on the monitored ``subset`` of the test
-        images (e.g. "test subset of 300"); per validation figure, the job's on the validation images."""
+        images (e.g. "test subset of 300"); per validation figure, the job's on the validation
+        images; with rounds, per round the clean accuracy and each reliance figure on the
+        images named by ``rounds_on`` (the whole test set), between the same floor and ceiling."""
         references = ", ".join(REFERENCE_LABELS[kind] for kind in REFERENCE_KINDS)
         test = {
             f"{f.label.removesuffix(' %')} ({subset})": [
@@ -96,12 +99,19 @@ class RunRecorder:
         validation = {
             FIGURES[f.val_key].label.removesuffix(" %"): ["Multiline", [f.val_tag]] for f in RELIANCE if f.val_key
         }
-        self.writer.add_custom_scalars(
-            {
-                f"Reliance per epoch on the {subset}: corrected model, {references}": test,
-                "Reliance per epoch on the validation images (with the pool's confounders)": validation,
+        layout = {
+            f"Reliance per epoch on the {subset}: corrected model, {references}": test,
+            "Reliance per epoch on the validation images (with the pool's confounders)": validation,
+        }
+        if rounds_on is not None:
+            layout[f"Per round (step: corrections so far) on the {rounds_on}: corrected model, {references}"] = {
+                FIGURES[key].label.removesuffix(" %"): [
+                    "Multiline",
+                    [f"Round/{key}", *(round_reference_tag(kind, key) for kind in REFERENCE_KINDS)],
+                ]
+                for key in ROUND_CHARTED
             }
-        )
+        self.writer.add_custom_scalars(layout)
 
     def images(self, batches: dict[str, torch.Tensor], step: int = 0, n: int = 32) -> None:
         """The first ``n`` images (pixels in [0, 1]) of each batch as one grid,
@@ -110,10 +120,11 @@ class RunRecorder:
             cells = torch.nn.functional.pad(x[:n].detach().float(), (GRID_PADDING, 0, GRID_PADDING, 0), value=0.5)
             self.writer.add_images(tag, cells, step)  # TensorBoard's own grid: no torchvision in the job
 
-    def round(self, figures: dict) -> None:
+    def round(self, figures: dict, references: dict[str, dict]) -> None:
         """One interactive round's figures on the whole test set (``Round/*``), at the step of the
-        corrections made so far."""
-        for tag, value in round_scalars(figures).items():
+        corrections made so far, with the references' on the same images (``kind -> figures``),
+        the floor and the ceiling of the rounds' charts."""
+        for tag, value in {**round_scalars(figures), **round_reference_scalars(references)}.items():
             if value is not None:
                 self.writer.add_scalar(tag, value, figures["corrections"])
         self.writer.flush()
@@ -166,6 +177,19 @@ def round_scalars(figures: dict) -> dict:
         "Round/test_accuracy": figures["test_accuracy"],
         **{f"Round/{f.key}": figures[f.key] for f in RELIANCE},
         **{f"Round/shortcut_removed_{f.key}": removed[f.key] for f in RELIANCE},
+    }
+
+
+def round_reference_tag(kind: str, key: str) -> str:
+    """The TensorBoard tag of a reference model's figure on the rounds' charts, e.g. ``Round/oracle_dot_flip_rate``."""
+    return f"Round/{kind}_{key}"
+
+
+def round_reference_scalars(references: dict[str, dict]) -> dict:
+    """TensorBoard tag -> value of the references' figures on the whole test set, one point per
+    round: the rounds' charts draw them as lines (an absent oracle's figures are None)."""
+    return {
+        round_reference_tag(kind, key): references[kind].get(key) for kind in REFERENCE_KINDS for key in ROUND_CHARTED
     }
 
 
@@ -226,7 +250,8 @@ class EpochRecorder:
     the attribution figures only when ``attributions``), ``explain()``, its explanation
     grids, and ``references`` (``kind -> figures`` on the same images). The attribution figures and
     grids are made every ``attribution_every`` epochs; epoch 0 is the confounded model,
-    whose figures are already known.
+    whose figures are already known. ``rounds_on`` names the images of the rounds' charts
+    (None: a job of one round has none).
     """
 
     def __init__(
@@ -238,12 +263,13 @@ class EpochRecorder:
         attribution_every: int,
         max_epochs: int,
         subset: str,
+        rounds_on: str | None = None,
     ):
         self.recorder, self.measure, self.explain, self.references = recorder, measure, explain, references
         self.attribution_every, self.max_epochs, self.subset = attribution_every, max_epochs, subset
         self.reason_seconds: list[float] = []
         self.step, self.start = 0, references["confounded"]
-        recorder.reference_layout(subset)
+        recorder.reference_layout(subset, rounds_on)
 
     def begin_round(self, step: int, start: dict | None) -> None:
         """The next fit's epochs go to steps ``step + epoch``; its epoch 0 has the figures
