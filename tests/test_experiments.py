@@ -131,6 +131,9 @@ def test_a_loss_defaults_to_the_weight_tuned_for_the_data_and_model_and_a_given_
     assert compose_config(["loss=rrr", "model=lenet"]).loss.lam == TUNED["mnist08", "ConvNet"]["rrr"]["lam"]
     decoy_mlp = compose_config(["loss=rbr", "data=decoy_mnist", "model=mlp"])
     assert decoy_mlp.loss.lam == TUNED["decoy_mnist", "MLP"]["rbr"]["lam"]
+    for loss in ("rrr_g", "cdep"):  # the colour digits' own weights, not 08MNIST's
+        patch = compose_config([f"loss={loss}", "data=patch_mnist"]).loss.lam
+        assert patch == TUNED["patch_mnist", "ConvNet"][loss]["lam"] != TUNED["mnist08", "ConvNet"][loss]["lam"]
     assert ("mnist08", "MLP") not in TUNED  # so the class's own default applies
     assert compose_config(["loss=rrr", "model=mlp"]).loss.lam == RRR().lam
     overridden = compose_config(["experiment=compare_methods", "loss=rrr", "loss.lam=5"])
