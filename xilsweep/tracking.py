@@ -174,8 +174,7 @@ def round_scalars(figures: dict) -> dict:
     their shares of the shortcut removed (``Round/dot_flip_rate``, ``Round/shortcut_removed_dot_flip_rate``)."""
     removed = figures["shortcut_removed"]
     return {
-        "Round/test_accuracy": figures["test_accuracy"],
-        **{f"Round/{f.key}": figures[f.key] for f in RELIANCE},
+        **{f"Round/{key}": figures[key] for key in ROUND_CHARTED},
         **{f"Round/shortcut_removed_{f.key}": removed[f.key] for f in RELIANCE},
     }
 
